@@ -1,0 +1,47 @@
+"""The ``qgeom`` command: one entry point for every study and benchmark.
+
+``qgeom <command> [flags]`` runs ``experiments.<module>.main(flags)``; ``qgeom <command> -h``
+shows that study's own flags. Modules are imported lazily, so one study's optional
+dependencies never slow down or break another.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "demo": ("experiments.demo", "short demo of both worlds (what `make run` runs)"),
+    "gibbs": ("experiments.gibbs", "Gibbs sampling (VQT) of TFIM rings: QPMD, QPNGD, Adam, GD, QNG"),
+    "learn": ("experiments.learn", "Hamiltonian learning (QMHL) from exact states and from shots"),
+    "sequence": ("experiments.sequence", "geometric-locality sequences: warm vs cold starts"),
+    "kfac": ("experiments.kfac_autoencoder", "MNIST deep autoencoder: K-FAC, FOOF, SGD, Adam, kfac-jax"),
+    "kfac-classifier": ("experiments.kfac_classifier", "MNIST MLP / conv classifier with K-FAC and baselines"),
+    "bench-metrics": ("experiments.bench_metrics", "BKM metric vs relative-entropy Hessian timing"),
+    "bench-simulator": ("experiments.bench_simulator", "VQT loss+gradient: ours vs a jitted PennyLane QNode"),
+    "bench-kfac": ("experiments.bench_kfac", "ms per step: K-FAC vs kfac-jax vs optax"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: qgeom <command> [flags]   (qgeom <command> -h for its flags)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {doc}" for name, (_, doc) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"qgeom: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return module.main(rest) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
