@@ -1,16 +1,59 @@
 """The metric-tensor core: one protocol (``mv``, ``solve``, ``dense``), many metrics."""
 
 from qgeom.metrics.base import BlockDiagonal, DenseMetric, Metric, check_damping, check_like
+from qgeom.metrics.fisher import (
+    OutputFisher,
+    empirical_fisher,
+    fisher,
+    fisher_bernoulli,
+    fisher_categorical,
+    fisher_monte_carlo,
+    ggn_gaussian,
+)
 from qgeom.metrics.kronecker import KroneckerEigenInverse, KroneckerFactored, KroneckerInverse, factored_damping
+from qgeom.metrics.lowrank import GradientWindow, GradientWindowInverse, LowRankPlusDiagonal, mfac, nystrom
+from qgeom.metrics.quantum import (
+    FubiniStudy,
+    PetzMetric,
+    bkm,
+    check_density_matrix,
+    fubini_study,
+    petz,
+    petz_kernel,
+)
 
 __all__ = [
+    # protocol and composition
     "Metric",
     "DenseMetric",
     "BlockDiagonal",
     "check_damping",
     "check_like",
+    # classical Fisher
+    "fisher",
+    "fisher_categorical",
+    "fisher_bernoulli",
+    "ggn_gaussian",
+    "fisher_monte_carlo",
+    "empirical_fisher",
+    "OutputFisher",
+    # quantum
+    "fubini_study",
+    "petz",
+    "bkm",
+    "petz_kernel",
+    "check_density_matrix",
+    "FubiniStudy",
+    "PetzMetric",
+    # Kronecker-factored
     "KroneckerFactored",
     "KroneckerInverse",
     "KroneckerEigenInverse",
     "factored_damping",
+    # low rank
+    "nystrom",
+    "mfac",
+    "LowRankPlusDiagonal",
+    "GradientWindow",
+    "GradientWindowInverse",
 ]
