@@ -1,0 +1,31 @@
+"""Quantum side of qgeom: TFIM Hamiltonians, exact thermodynamics, QHBMs, VQT/QMHL losses (DESIGN §4)."""
+
+from qgeom.quantum.circuits import Circuit, hardware_efficient, tfim_qaoa
+from qgeom.quantum.ebm import Bernoulli, Ising, Parity, ZProductEBM, basis_bits, bits_to_index
+from qgeom.quantum.hamiltonians import hamiltonian_matrix, pauli_tables, sparse_matrix, tfim
+from qgeom.quantum.limits import MAX_DENSE_BYTES, check_dense
+from qgeom.quantum.losses import qmhl_loss, vqt_loss
+from qgeom.quantum.qhbm import QHBM, PreparedObservable
+from qgeom.quantum.shadows import ShadowData, measure_shadows
+from qgeom.quantum.thermo import (
+    check_beta,
+    check_density_matrix,
+    entropy,
+    fidelity,
+    free_energy,
+    gibbs_state,
+    log_partition,
+    relative_entropy,
+    thermal_energy,
+    thermal_entropy,
+    trace_distance,
+)
+
+__all__ = [
+    "Bernoulli", "Circuit", "Ising", "MAX_DENSE_BYTES", "Parity", "PreparedObservable", "QHBM",
+    "ShadowData", "ZProductEBM", "basis_bits", "bits_to_index", "check_beta", "check_dense",
+    "check_density_matrix", "entropy", "fidelity", "free_energy", "gibbs_state",
+    "hamiltonian_matrix", "hardware_efficient", "log_partition", "measure_shadows",
+    "pauli_tables", "qmhl_loss", "relative_entropy", "sparse_matrix", "tfim", "tfim_qaoa",
+    "thermal_energy", "thermal_entropy", "trace_distance", "vqt_loss",
+]
