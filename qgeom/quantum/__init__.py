@@ -1,6 +1,7 @@
 """Quantum side of qgeom: TFIM Hamiltonians, exact thermodynamics, QHBMs, VQT/QMHL losses (DESIGN §4)."""
 
 from qgeom.quantum.circuits import Circuit, hardware_efficient, tfim_qaoa
+from qgeom.quantum.free_fermion import FreeFermionThermo, tfim_free_fermion
 from qgeom.quantum.ebm import Bernoulli, Ising, Parity, ZProductEBM, basis_bits, bits_to_index
 from qgeom.quantum.hamiltonians import hamiltonian_matrix, pauli_tables, sparse_matrix, tfim
 from qgeom.quantum.limits import MAX_DENSE_BYTES, check_dense
@@ -22,7 +23,7 @@ from qgeom.quantum.thermo import (
 )
 
 __all__ = [
-    "Bernoulli", "Circuit", "Ising", "MAX_DENSE_BYTES", "Parity", "PreparedObservable", "QHBM",
+    "Bernoulli", "Circuit", "FreeFermionThermo", "tfim_free_fermion", "Ising", "MAX_DENSE_BYTES", "Parity", "PreparedObservable", "QHBM",
     "ShadowData", "ZProductEBM", "basis_bits", "bits_to_index", "check_beta", "check_dense",
     "check_density_matrix", "entropy", "fidelity", "free_energy", "gibbs_state",
     "hamiltonian_matrix", "hardware_efficient", "log_partition", "measure_shadows",
