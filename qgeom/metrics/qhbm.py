@@ -1,0 +1,164 @@
+"""Structured metrics of a quantum Hamiltonian-based model (QHBM; DESIGN.md §3.2, §4).
+
+A QHBM is ρ(θ, φ) = U(φ) diag(p_θ) U(φ)†, p_θ(x) ∝ e^{−E_θ(x)}. With the generators
+T_j = i U†∂_{φ_j}U of the circuit in the model's eigenframe, ∂_{φ_j}ρ = U i[D, T_j] U†
+(D = diag p) has zero diagonal there while ∂_θρ = U diag(∂_θp) U† is diagonal, so the
+Bogoliubov–Kubo–Mori metric G_ij = Σ_kl (log p_k − log p_l)/(p_k − p_l) Re[(∂_iρ)_kl (∂_jρ)_lk]
+is exactly block-diagonal (Sbahi et al. 2022, "Provably efficient variational generative
+modeling of quantum many-body systems via quantum-probabilistic information geometry"):
+
+* EBM block: the classical Fisher of p_θ, Cov_{x∼p}(∇_θE(x), ∇_θE(x));
+* circuit block: G_ij = Σ_kl (p_k − p_l)(log p_k − log p_l) Re[(T_i)_kl (T_j)_lk]
+  (insert (∂_iρ')_kl = i(p_k − p_l)(T_i)_kl into the BKM formula).
+
+Everything comes from one forward-mode Jacobian of U(φ) (``jax.jacfwd``), the energies'
+Jacobian and log p_θ = −E_θ − log Z_θ (exact, never log of an underflowed p): no
+eigendecomposition, no matrix logarithm. The weights (p_k − p_l)(log p_k − log p_l) ≥ 0,
+so the circuit block is assembled as Re(M M†) with M_i = √W ⊙ T_i — one matrix product.
+
+``qhbm_fubini_study`` is the comparison metric of the Fubini–Study QNG baseline (see its
+docstring for the exact convention). ``qhbm_bkm_sampled`` estimates the same BKM blocks
+from measurement shots (EBM samples and the parameter-shift rule).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qgeom.metrics.base import BlockDiagonal, DenseMetric
+
+
+def _check_qhbm_params(params):
+    if not isinstance(params, dict) or set(params) != {"theta", "phi"}:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"QHBM parameters must be a dict with keys ['phi', 'theta'], got {got}")
+
+
+def _energy_jacobian(ebm, theta):
+    """(2ⁿ, P_θ) Jacobian of all energies, and log p_θ (exact log-softmax of −E)."""
+    energies = ebm.energies(theta)
+    jac = jax.jacfwd(ebm.energies)(theta).reshape(energies.shape[0], -1)
+    return jac, jax.nn.log_softmax(-energies)
+
+
+def ebm_fisher_matrix(ebm, theta):
+    """Classical Fisher of p_θ ∝ e^{−E_θ}: Cov_p(∇_θE, ∇_θE), a (P_θ × P_θ) matrix."""
+    jac, log_p = _energy_jacobian(ebm, theta)
+    p = jnp.exp(log_p)
+    centred = jac - p @ jac
+    return (centred * p[:, None]).T @ centred
+
+
+def circuit_generators(circuit, phi):
+    """T_j = i U†∂_{φ_j}U for every circuit parameter (ravel order): shape (P_φ, 2ⁿ, 2ⁿ).
+
+    Hermitian because U is unitary; computed from one ``jax.jacfwd`` of ``circuit.unitary``.
+    """
+    u = circuit.unitary(phi)
+    d = u.shape[0]
+    jac = jax.jacfwd(circuit.unitary, holomorphic=False)(phi).reshape(d, d, -1)
+    return 1j * jnp.einsum("ki,klp->pil", u.conj(), jac)
+
+
+def circuit_bkm_matrix(gens, log_p):
+    """Circuit block Σ_kl (p_k − p_l)(log p_k − log p_l) Re[(T_i)_kl (T_j)_lk] from generators."""
+    p = jnp.exp(log_p)
+    w = (p[:, None] - p[None, :]) * (log_p[:, None] - log_p[None, :])
+    m = gens.reshape(gens.shape[0], -1) * jnp.sqrt(jnp.maximum(w, 0.0)).reshape(-1)
+    return jnp.real(m @ m.conj().T)
+
+
+def qhbm_bkm(model, params):
+    """Exact BKM metric of a QHBM as ``BlockDiagonal({"theta": Fisher, "phi": circuit})``.
+
+    ``model`` exposes ``ebm.energies(theta)`` (all 2ⁿ energies) and ``circuit.unitary(phi)``;
+    ``params = {"theta": ..., "phi": ...}``. The (θ, φ) cross block is exactly zero. Equal to
+    the generic ``qgeom.metrics.bkm`` of ``model.density_matrix`` and to the Hessian of
+    φ', θ' ↦ D(ρ_{θφ} ‖ ρ_{θ'φ'}) at the diagonal (tests/test_qhbm_metric.py). Cost: one
+    ``jacfwd`` of U(φ) (P_φ tangents), one of the energies, and a (P_φ × 4ⁿ) matrix product.
+    """
+    _check_qhbm_params(params)
+    theta, phi = params["theta"], params["phi"]
+    f_theta = ebm_fisher_matrix(model.ebm, theta)
+    _, log_p = _energy_jacobian(model.ebm, theta)
+    g_phi = circuit_bkm_matrix(circuit_generators(model.circuit, phi), log_p)
+    return BlockDiagonal({"theta": DenseMetric(f_theta, theta), "phi": DenseMetric(g_phi, phi)})
+
+
+def qhbm_fubini_study(model, params):
+    """Fubini–Study comparison metric of a QHBM: identity on θ, p-averaged FS on φ.
+
+    Convention (documented choice; DESIGN §3.2 gives the pure-state FS metric):
+    G^FS_ij(φ) = Σ_x p_θ(x) Re(⟨∂_iψ_x|∂_jψ_x⟩ − ⟨∂_iψ_x|ψ_x⟩⟨ψ_x|∂_jψ_x⟩),
+    ψ_x = U(φ)|x⟩, i.e. Σ_x p_x (Re(T_i T_j)_xx − (T_i)_xx (T_j)_xx). For p concentrated on
+    one basis state this is PennyLane's full ``qml.metric_tensor(approx=None)`` of the
+    circuit on that input (tests check it). The EBM block is the identity (plain gradient
+    on θ): the FS geometry says nothing about the classical part.
+    """
+    _check_qhbm_params(params)
+    theta, phi = params["theta"], params["phi"]
+    p = model.ebm.probabilities(theta)
+    gens = circuit_generators(model.circuit, phi)
+    diag = jnp.real(jnp.diagonal(gens, axis1=1, axis2=2))  # (P, d): (T_i)_xx
+    prod = jnp.real(jnp.einsum("ixy,jyx->ijx", gens, gens))  # Re(T_i T_j)_xx (T Hermitian)
+    g_phi = prod @ p - (diag * p) @ diag.T
+    eye = jnp.eye(jnp.size(theta), dtype=g_phi.dtype)
+    return BlockDiagonal({"theta": DenseMetric(eye, theta), "phi": DenseMetric(g_phi, phi)})
+
+
+def qhbm_bkm_sampled(model, params, key, shots, shift=np.pi / 2):
+    """Shot-based estimate of the QHBM BKM metric (same blocks as ``qhbm_bkm``).
+
+    * EBM block: sample covariance (ddof = 1) of ∇_θE(x) over ``shots`` samples x ∼ p_θ.
+    * circuit block: G_ij = −∂_{φ_i}∂_{φ'_j} f(φ, φ')|_{φ'=φ}, f = Tr[ρ_{θφ} K_{θφ'}],
+      K_{θφ'} = U(φ') diag(E_θ) U(φ')† (log ρ = −K − log Z, and ∂'f = 0 on the diagonal
+      gives −∂'∂'f = ∂∂'f). f is measured by preparing ρ_{θφ} (x ∼ p_θ, then U(φ)), applying
+      U(φ')†, measuring y in the computational basis and averaging E_θ(y) (the shot counts
+      are drawn as one multinomial per shifted pair); the mixed derivative uses the two-term
+      parameter-shift rule in both arguments, Σ_{s,s'=±1} s s' f(φ + s·r e_i, φ' + s'·r e_j)
+      / (4 sin² r) with r = ``shift`` (default π/2) — valid when every parameter enters one gate whose generator
+      has two eigenvalues one apart (Pauli rotations, phase shifts), not for gates like
+      e^{−iγ H_zz} with many-valued generators.
+    ``shots=None`` uses exact expectations (checks the shift rule itself). Each of the
+    4 P_φ² shifted expectations uses ``shots`` fresh shots; the standard error of each
+    entry is ~ max|E|/√shots.
+    """
+    _check_qhbm_params(params)
+    if shots is not None and (int(shots) != shots or shots < 2):
+        raise ValueError(f"shots must be an integer >= 2 or None, got {shots}")
+    theta, phi = params["theta"], params["phi"]
+    ebm, circuit = model.ebm, model.circuit
+    energies = ebm.energies(theta)
+    log_p = jax.nn.log_softmax(-energies)
+    k_theta, k_phi = jax.random.split(key)
+
+    if shots is None:
+        f_theta = ebm_fisher_matrix(ebm, theta)
+    else:
+        bits = ebm.sample(theta, k_theta, int(shots))
+        grads = jax.vmap(lambda b: jax.grad(lambda t: ebm.energy(t, b))(theta))(bits)
+        grads = grads.reshape(grads.shape[0], -1)
+        centred = grads - grads.mean(0)
+        f_theta = centred.T @ centred / (grads.shape[0] - 1)
+
+    flat_phi = phi.reshape(-1)
+    n_phi = flat_phi.shape[0]
+    shifts = jnp.concatenate([jnp.eye(n_phi) * shift, -jnp.eye(n_phi) * shift])  # (2P, P)
+    unitaries = jax.vmap(lambda d: circuit.unitary((flat_phi + d).reshape(phi.shape)))(shifts)
+    # overlap[a, b] = U(φ' shifted b)† U(φ shifted a); outcome y of input x has probability |overlap_yx|²,
+    # so measuring ρ_{θφ_a} after U(φ'_b)† gives y with q_ab(y) = Σ_x p_x |overlap_ab,yx|².
+    overlap = jnp.einsum("bky,akx->abyx", unitaries.conj(), unitaries)
+    q = jnp.einsum("abyx,x->aby", jnp.abs(overlap) ** 2, jnp.exp(log_p))
+    if shots is None:
+        f = q @ energies
+    else:
+        counts = jax.random.multinomial(k_phi, int(shots), q / q.sum(-1, keepdims=True))
+        f = counts @ energies / int(shots)
+
+    plus, minus = slice(0, n_phi), slice(n_phi, 2 * n_phi)
+    mixed = (f[plus, plus] - f[plus, minus] - f[minus, plus] + f[minus, minus]) / (4.0 * np.sin(shift) ** 2)
+    g_phi = -mixed
+    g_phi = 0.5 * (g_phi + g_phi.T)
+    return BlockDiagonal({"theta": DenseMetric(f_theta, theta), "phi": DenseMetric(g_phi, phi)})

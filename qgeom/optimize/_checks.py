@@ -1,0 +1,32 @@
+"""Input validation shared by the optimizers (ValueError before any computation)."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_positive(name, value, allow_zero=False):
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0 with ``allow_zero``)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+def check_count(name, value, minimum=1):
+    """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def check_alpha(alpha):
+    """Raise ``ValueError`` unless 0 <= alpha <= 1."""
+    a = check_positive("alpha", alpha, allow_zero=True)
+    if a > 1:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    return a
