@@ -12,6 +12,7 @@ from qgeom.metrics.fisher import (
 )
 from qgeom.metrics.kronecker import KroneckerEigenInverse, KroneckerFactored, KroneckerInverse, factored_damping
 from qgeom.metrics.lowrank import GradientWindow, GradientWindowInverse, LowRankPlusDiagonal, mfac, nystrom
+from qgeom.metrics.qhbm import qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study  # noqa: F401 (optimizer helper)
 from qgeom.metrics.quantum import (
     FubiniStudy,
     PetzMetric,
