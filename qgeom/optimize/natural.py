@@ -18,7 +18,8 @@ products for any λ. Damping, both parts configurable:
   must then be passed as ``update(grads, state, params, value=loss)`` (``fit`` does).
 
 A step whose direction is not finite (NaN/Inf gradient, loss or solve) is rejected: a zero
-update is returned, the ridge is multiplied by 10 and ``state.rejected`` counts it.
+update (or, with ``adapt_damping``, a return to the last accepted point) is returned, the
+ridge is multiplied by 10 and ``state.rejected`` counts it.
 """
 
 from __future__ import annotations
@@ -100,12 +101,15 @@ def _all_finite(*trees):
 
 class NaturalGradientState(NamedTuple):
     """count: steps taken; factored: cached ``EighMetric`` blocks; damping: current ridge λ;
-    prev_value / prev_pred: loss and model-predicted change of the last step (for the LM
-    ratio); rejected: number of rejected (non-finite) steps; refreshes: metric evaluations."""
+    prev_params / prev_grads / prev_value / prev_pred: the last accepted point, its gradient
+    and loss, and the model-predicted change of the step taken from it (for the LM ratio and
+    step rejection); rejected: rejected steps; refreshes: metric evaluations."""
 
     count: jax.Array
     factored: Any
     damping: jax.Array
+    prev_params: Any
+    prev_grads: Any
     prev_value: jax.Array
     prev_pred: jax.Array
     rejected: jax.Array
@@ -123,13 +127,20 @@ def natural_gradient(
     adapt_damping=False,
     lm_decay=2.0 / 3.0,
     damping_bounds=(1e-6, 1e3),
+    max_norm=None,
 ):
     """Damped natural gradient δ = −η (G + λ_tot I)⁻¹ g as an optax transformation.
 
     ``metric_fn(params) -> Metric`` (e.g. ``lambda p: qhbm_bkm(model, p)``); λ_tot =
     ``shift``·[λ_min(G) ≤ ``shift_threshold``] + λ, λ starting at ``damping``. Set ``shift=0``
-    for a plain ridge. ``refresh_every`` = k recomputes and refactorizes G every k steps;
-    ``adapt_damping`` adapts λ from the reduction ratio (needs ``update(..., value=loss)``).
+    for a plain ridge. ``refresh_every`` = k recomputes and refactorizes G every k steps.
+
+    ``adapt_damping=True`` (needs ``update(..., value=loss)``; ``fit`` passes it): λ follows
+    the LM rule of the module docstring and a step that raised the loss (or made it
+    non-finite) is rejected: the update returns to the previous point and retries from its
+    stored gradient with the larger λ (no extra gradient evaluation). ``max_norm`` = κ bounds
+    the step in the metric, δᵀGδ ≤ κ (≈ 2·D(ρ_θ‖ρ_{θ+δ}) for BKM; K-FAC's norm constraint).
+
     Returns ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params,
     value=None)`` → (updates, state); apply with ``optax.apply_updates``.
     """
@@ -144,14 +155,20 @@ def natural_gradient(
     lo, hi = (check_positive("damping_bounds", b, allow_zero=True) for b in damping_bounds)
     if adapt_damping and not lo < hi:
         raise ValueError(f"damping_bounds must be increasing, got {damping_bounds}")
+    if max_norm is not None:
+        max_norm = check_positive("max_norm", max_norm)
 
     def init(params):
         shapes = jax.eval_shape(lambda p: factorize(metric_fn(p)), params)
         factored = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         z = jnp.zeros((), jnp.float64)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return NaturalGradientState(
-            jnp.zeros((), jnp.int32), factored, jnp.asarray(damping, jnp.float64), z, z,
+            jnp.zeros((), jnp.int32), factored, jnp.asarray(damping, jnp.float64), params, zeros, z, z,
             jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+
+    def where(c, a, b):
+        return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
 
     def update(grads, state, params=None, *, value=None, **extra):
         del extra
@@ -159,28 +176,45 @@ def natural_gradient(
             raise ValueError("natural_gradient needs params: update(grads, state, params)")
         if adapt_damping and value is None:
             raise ValueError("adapt_damping=True needs the loss: update(grads, state, params, value=loss)")
-        refresh = state.count % refresh_every == 0
-        factored = jax.lax.cond(refresh, lambda p: factorize(metric_fn(p)), lambda p: state.factored, params)
-
         lam = state.damping
+        finite_in = _all_finite(grads) & (True if value is None else jnp.isfinite(value))
+        reject = ~finite_in & (state.count > 0)
         if adapt_damping:
             ratio = (value - state.prev_value) / jnp.minimum(state.prev_pred, -1e-300)
             new = jnp.where(ratio > 0.75, lam * lm_decay, jnp.where(ratio < 0.25, lam / lm_decay, lam))
+            reject = reject | ((state.count > 0) & (value > state.prev_value))
+            new = jnp.where(reject, lam / lm_decay**2, new)
             lam = jnp.where(state.count > 0, jnp.clip(new, lo, hi), lam)
-        total = lam + shift * (_min_eigenvalue(factored) <= shift_threshold)
-        direction = factored.solve(grads, total)
-        updates = jax.tree_util.tree_map(lambda d: -lr * d, direction)
-        pred = -lr * _vdot(grads, direction) + 0.5 * _vdot(updates, factored.mv(updates))
+            base = where(reject, state.prev_params, params)
+            g = where(reject, state.prev_grads, grads)
+            base_value = jnp.where(reject, state.prev_value, value)
+        else:
+            base, g, base_value = params, grads, (0.0 if value is None else value)
 
-        finite = _all_finite(updates) & (True if value is None else jnp.isfinite(value))
-        updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
+        refresh = (state.count % refresh_every == 0) & ~reject
+        factored = jax.lax.cond(refresh, lambda p: factorize(metric_fn(p)), lambda p: state.factored, base)
+        total = lam + shift * (_min_eigenvalue(factored) <= shift_threshold)
+        step = jax.tree_util.tree_map(lambda d: -lr * d, factored.solve(g, total))
+        curv = _vdot(step, factored.mv(step))
+        if max_norm is not None:
+            scale = jnp.minimum(1.0, jnp.sqrt(max_norm / jnp.maximum(curv, 1e-300)))
+            step = jax.tree_util.tree_map(lambda d: scale * d, step)
+            curv = curv * scale**2
+        pred = _vdot(g, step) + 0.5 * curv
+
+        ok = _all_finite(step) & (finite_in | reject)
+        step = where(ok, step, jax.tree_util.tree_map(jnp.zeros_like, step))
+        updates = jax.tree_util.tree_map(lambda b, d, p: b + d - p, base, step, params)
+        rejected = reject | ~ok
         new_state = NaturalGradientState(
             count=state.count + 1,
             factored=factored,
-            damping=jnp.where(finite, lam, jnp.minimum(10.0 * jnp.maximum(lam, 1e-3), 1e6)),
-            prev_value=jnp.asarray(0.0 if value is None else value, jnp.float64),
-            prev_pred=jnp.where(finite, pred, 0.0),
-            rejected=state.rejected + (~finite).astype(jnp.int32),
+            damping=jnp.where(ok, lam, jnp.minimum(10.0 * jnp.maximum(lam, 1e-3), 1e6)),
+            prev_params=base,
+            prev_grads=g,
+            prev_value=jnp.asarray(base_value, jnp.float64),
+            prev_pred=jnp.where(ok, pred, 0.0),
+            rejected=state.rejected + rejected.astype(jnp.int32),
             refreshes=state.refreshes + refresh.astype(jnp.int32),
         )
         return updates, new_state

@@ -1,0 +1,116 @@
+"""Structured QHBM metrics against independent references.
+
+* ``qhbm_bkm`` vs the generic Petz–BKM metric of the density matrix (eigendecomposition of
+  ρ, jacfwd of ρ) and vs the Hessian of θ' ↦ D(ρ_θ‖ρ_θ') (autodiff of the relative entropy);
+* the generic metric's (θ, φ) cross block vanishes (the structured one is block-diagonal
+  by construction);
+* the shot-based estimator: exact expectations reproduce the metric (parameter-shift rule),
+  and finite shots agree within a stated statistical tolerance;
+* the Fubini–Study comparison metric vs the generic pure-state FS metric averaged over p_θ,
+  and vs PennyLane's ``qml.metric_tensor(approx=None)``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pennylane as qml
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import qgeom  # noqa: F401  (float64)
+from qgeom.metrics import bkm, fubini_study, qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
+from qgeom.quantum import QHBM, Parity, hardware_efficient
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    model = QHBM(Parity(3, 2), hardware_efficient(3, 2))
+    return model, model.init(jax.random.PRNGKey(3))
+
+
+def test_structured_bkm_equals_generic_and_relative_entropy_hessian(model_params):
+    model, params = model_params
+    g = np.asarray(qhbm_bkm(model, params).dense())
+    generic = np.asarray(bkm(model.density_matrix, params).dense())
+    np.testing.assert_allclose(g, generic, atol=1e-10 * np.abs(g).max())
+
+    flat, unravel = ravel_pytree(params)
+
+    def rel_ent(a, b):  # D(ρ_a‖ρ_b) = Tr ρ_a log ρ_a − Tr ρ_a log ρ_b, logs from the model's spectra
+        ra = model.density_matrix(unravel(a))
+        la, lb = model.log_density_matrix(unravel(a)), model.log_density_matrix(unravel(b))
+        return jnp.real(jnp.trace(ra @ (la - lb)))
+
+    hess = np.asarray(jax.hessian(lambda b: rel_ent(flat, b))(flat))
+    np.testing.assert_allclose(g, hess, atol=1e-9 * np.abs(g).max())
+
+
+def test_cross_block_vanishes(model_params):
+    model, params = model_params
+    generic = np.asarray(bkm(model.density_matrix, params).dense())
+    n_phi = params["phi"].size  # ravel order of the dict: "phi" before "theta"
+    assert np.abs(generic[:n_phi, n_phi:]).max() < 1e-12 * np.abs(generic).max()
+    assert np.abs(generic[:n_phi, :n_phi]).max() > 1e-2  # the blocks themselves are not trivial
+
+
+def test_sampled_estimator_exact_limit_and_shots():
+    model = QHBM(Parity(2, 2), hardware_efficient(2, 2))
+    params = model.init(jax.random.PRNGKey(5))
+    exact = np.asarray(qhbm_bkm(model, params).dense())
+    shift_exact = np.asarray(qhbm_bkm_sampled(model, params, jax.random.PRNGKey(0), None).dense())
+    np.testing.assert_allclose(shift_exact, exact, atol=1e-12)
+
+    est = jax.jit(qhbm_bkm_sampled, static_argnums=(0, 3))
+    n_phi = params["phi"].size
+    e_max = float(jnp.abs(model.ebm.energies(params["theta"])).max())
+    errs = []
+    for shots in (1_000, 100_000):
+        g = np.asarray(est(model, params, jax.random.PRNGKey(1), shots).dense())
+        err = np.abs(g - exact)
+        errs.append(err.max())
+        # Statistical tolerance (6 standard errors): each circuit entry combines 4 shot means of
+        # E (|E| <= e_max) divided by 4, std <= e_max / (2 sqrt(shots)); EBM entries are sample
+        # covariances of ±1 features, std <= 1/sqrt(shots) (ddof-1 bias 1/shots is smaller).
+        assert err[:n_phi, :n_phi].max() < 6 * e_max / (2 * np.sqrt(shots))
+        assert err[n_phi:, n_phi:].max() < 6 / np.sqrt(shots)
+    assert errs[1] < errs[0]
+
+
+def test_fubini_study_comparison_metric(model_params):
+    model, params = model_params
+    fs = qhbm_fubini_study(model, params)
+    g_phi = np.asarray(fs.blocks["phi"].dense())
+    p = model.probabilities(params)
+    circ = model.circuit
+    ref = sum(
+        p[x] * fubini_study(lambda phi, x=x: circ.unitary(phi)[:, x], params["phi"]).dense() for x in range(2**model.n)
+    )
+    np.testing.assert_allclose(g_phi, np.asarray(ref), atol=1e-10)
+    np.testing.assert_allclose(fs.blocks["theta"].dense(), np.eye(params["theta"].size))
+
+
+def test_fubini_study_single_input_matches_pennylane():
+    """With p concentrated on |00⟩ (large positive fields) the FS block is PennyLane's full metric tensor."""
+    n = 2
+    model = QHBM(Parity(n, 1), hardware_efficient(n, 1))
+    phi = jnp.array([[[0.3, -0.7], [1.1, 0.4]]])
+    params = {"theta": jnp.full((n,), -40.0), "phi": phi}  # E = θ·s, s = +1 for bit 0: p(00) ≈ 1
+    g = np.asarray(qhbm_fubini_study(model, params).blocks["phi"].dense())
+
+    dev = qml.device("default.qubit", wires=n + 1)
+
+    @qml.qnode(dev, interface="jax")
+    def circuit(phi):
+        model.circuit.qfunc(phi)
+        return qml.expval(qml.Z(0))
+
+    mt = np.asarray(qml.metric_tensor(circuit, approx=None, aux_wire=n)(phi)).reshape(phi.size, phi.size)
+    np.testing.assert_allclose(g, mt, atol=1e-10)
+
+
+def test_bad_params_rejected(model_params):
+    model, params = model_params
+    with pytest.raises(ValueError, match="keys"):
+        qhbm_bkm(model, {"theta": params["theta"]})
+    with pytest.raises(ValueError, match="shots"):
+        qhbm_bkm_sampled(model, params, jax.random.PRNGKey(0), 1)
