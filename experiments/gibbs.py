@@ -1,0 +1,128 @@
+"""Gibbs sampling (VQT) of the TFIM ring: QPMD, QPNGD, Adam, GD and Fubini–Study QNG.
+
+Target: σ_β = e^{−βH}/Z with H = −J Σ Z_iZ_{i+1} − h Σ X_i on a ring (J = h = 1).
+Loss: L(ρ) = β Tr(ρH) − S(ρ) = D(ρ‖σ_β) − log Z_β, so the divergence is exact at every
+iterate; the free-energy gap is F(ρ) − F_β = D/β. Fidelity F(ρ, σ_β) (squared,
+PennyLane's convention) is evaluated at sparse, log-spaced iterates.
+
+Protocol, per (n, β, ansatz): a step-size search with the same budget for every method
+(a grid of equal size, every value run ``search_steps`` iterations from one seed, winner
+= lowest mean D over the last tenth), then long runs of every method at its winner for
+every seed. D* = the lowest D any long run reached (the ansatz's floor); the summary
+gives each method's iterations, gradient evaluations and wall time to D* + 0.05 and
+D* + 0.01 and, at β = 1, the ratio of each method's wall time to Adam's.
+
+    qgeom gibbs                       # short: n = 4, β = 1, 2 seeds, 3-value grids
+    qgeom gibbs --n 6 --steps 1500    # the n = 6 closing table
+    qgeom gibbs --full                # n = 4, 6, 8 × β = 0.5, 1, 2, 3 seeds, 4-value grids
+    qgeom gibbs --n 4 --ansatz he6full   # an ansatz that reaches D ≤ 1e-2 at n = 4
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import jax.numpy as jnp
+from tqdm.auto import tqdm
+
+from experiments import quantum_common as qc
+from experiments.io import Checkpoint, atomic_write_json, results_dir
+
+DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
+               ansatz="he3", grid="short", max_time=None)
+FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=1500, search_steps=300,
+            methods=list(qc.GRIDS), ansatz="he3", grid="full", max_time=600.0)
+
+
+@functools.lru_cache(maxsize=None)
+def problem(n: int, beta: float, ansatz: str = "he3", J: float = 1.0, h: float = 1.0) -> qc.Problem:
+    """The VQT problem for the TFIM ring (cached, so its jitted steps are reused)."""
+    from qgeom.quantum import gibbs_state, log_partition, vqt_loss
+
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    H, model = _family(n, ansatz, J, h)
+    fid = qc.fidelity_fn(model, gibbs_state(H, beta))
+    family = f"vqt/tfim-ring/n={n}/J={J:g}/h={h:g}/{ansatz}"
+    return qc.Problem(key=f"{family}/beta={beta:g}", family=family, model=model,
+                      loss_fn=lambda params, b: vqt_loss(model, H, b)(params), data=jnp.asarray(float(beta)),
+                      offset=float(log_partition(H, beta)), evaluate=lambda p: {"fidelity": fid(p)})
+
+
+@functools.lru_cache(maxsize=None)
+def _family(n, ansatz, J, h):
+    """Hamiltonian matrix and model shared by every β (one compile for all of them)."""
+    from qgeom.quantum import hamiltonian_matrix, tfim
+
+    return hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), qc.make_model(n, ansatz)
+
+
+def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
+    """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    qc.enable_compile_cache()
+    methods = qc.check_methods(config["methods"])
+    grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
+    cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
+    combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
+    total = len(combos) * len(methods) * (len(grids[methods[0]]) + len(config["seeds"]))
+    bar = tqdm(total=total, desc="gibbs", disable=not progress, dynamic_ncols=True)
+    summary = {"study": "gibbs", "config": config, "grids": {m: list(grids[m]) for m in methods}, "problems": []}
+    tables = []
+    for n, beta in combos:
+        prob = problem(n, beta, config["ansatz"])
+        bar.set_description(f"gibbs n={n} β={beta:g}")
+        search = qc.step_size_search(cells, prob, methods, grids, config["seeds"][0], config["search_steps"],
+                                     progress=bar, max_time=config["max_time"])
+        winners = {m: s["winner"] for m, s in search.items()}
+        runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
+                            progress=bar, max_time=config["max_time"])
+        d_star = qc.floor_estimate(runs)
+        per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
+        for s in per_method.values():
+            s["final_free_energy_gap"] = s["final_D"] / beta
+        tag = f"n{n}_beta{beta:g}_{config['ansatz']}"
+        title = f"VQT, TFIM ring n={n}, β={beta:g}, ansatz {config['ansatz']} ({qc.n_params(prob.model)} params)"
+        plot = qc.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star)
+        table = qc.format_table(title, d_star, per_method)
+        tables.append(table)
+        summary["problems"].append({
+            "n": n, "beta": beta, "ansatz": config["ansatz"], "n_params": qc.n_params(prob.model),
+            "log_Z": prob.offset, "D_star": d_star, "search": search, "methods": per_method,
+            "headline": qc.headline(per_method), "plot": str(plot)})
+    bar.close()
+    summary["table"] = "\n\n".join(tables)
+    atomic_write_json(outdir / "summary.json", summary)
+    (outdir / "summary.md").write_text(summary["table"] + "\n")
+    return summary
+
+
+def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
+    """The short study (n = 4, β = 1, about a minute or two): what ``make run`` calls."""
+    config = {**DEFAULT, **overrides}
+    return run_study(config, outdir or results_dir("gibbs"), progress=progress)
+
+
+def main(argv=None) -> int:
+    parser = qc.study_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
+    args = parser.parse_args(argv)
+    config = qc.resolve_config(args, DEFAULT, FULL)
+    outdir = args.out or results_dir("gibbs")
+    summary = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
+    print(summary["table"])
+    for p in summary["problems"]:
+        h = p["headline"]
+        for clock in ("wall_s", "cpu_s") if h else ():
+            ratios = ", ".join(f"{m}={r:.2f}" if r is not None else f"{m}=not reached"
+                               for m, r in h[f"ratios_{clock}"].items())
+            print(f"n={p['n']} β={p['beta']:g}: {clock[:-2]} time to D*+0.01 relative to Adam: {ratios} (target ≤ 0.33)")
+        print(f"plot: {p['plot']}")
+    print(f"summary: {Path(outdir) / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
