@@ -32,8 +32,10 @@ def _check_square(name, m):
 
 
 def _check_v(v, shape):
-    if jnp.shape(v) != shape:
-        raise ValueError(f"v has shape {jnp.shape(v)}, expected the layer's parameter shape {shape}")
+    if not hasattr(v, "shape"):
+        raise ValueError(f"v must be an array of the layer's parameter shape {shape}, got {type(v).__name__}")
+    if v.shape != shape:
+        raise ValueError(f"v has shape {v.shape}, expected the layer's parameter shape {shape}")
 
 
 def factored_damping(A, G, damping, pi=None):
