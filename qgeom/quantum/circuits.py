@@ -211,7 +211,7 @@ def tfim_qaoa(graph: nx.Graph, layers: int = 2) -> Circuit:
     def qfunc(phi):
         for l in range(layers):
             for v in nodes:
-                qml.RX(2 * phi[l, 1], wires=v)
+                qml.RX(2 * phi[l, 1], wires=[v])
             for u, v in edges:
                 qml.IsingZZ(2 * phi[l, 0], wires=[u, v])
 

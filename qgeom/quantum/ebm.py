@@ -117,7 +117,7 @@ class ZProductEBM:
     def operator(self, theta, wires: Sequence | None = None):
         """K_θ = Σ_b θ_b Z^b as a PennyLane operator on ``wires`` (default 0…n−1)."""
         wires = list(range(self.n)) if wires is None else list(wires)
-        ops = [qml.prod(*[qml.Z(wires[i]) for i in b]) if len(b) > 1 else qml.Z(wires[b[0]]) for b in self.subsets]
+        ops = [qml.prod(*[qml.Z([wires[i]]) for i in b]) if len(b) > 1 else qml.Z([wires[b[0]]]) for b in self.subsets]
         return qml.Hamiltonian(list(theta), ops)
 
     def sample(self, theta, key, shots: int, sweeps: int = 200) -> jax.Array:

@@ -46,7 +46,7 @@ def tfim(graph: nx.Graph, J: float = 1.0, h: float = 1.0) -> qml.operation.Opera
             raise ValueError(f"{name} must be finite, got {val}")
     nodes = sorted(graph.nodes)
     coeffs = [-float(J)] * graph.number_of_edges() + [-float(h)] * len(nodes)
-    ops = [qml.Z(i) @ qml.Z(j) for i, j in graph.edges] + [qml.X(i) for i in nodes]
+    ops = [qml.Z([i]) @ qml.Z([j]) for i, j in graph.edges] + [qml.X([i]) for i in nodes]
     return qml.Hamiltonian(coeffs, ops)
 
 

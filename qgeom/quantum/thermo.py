@@ -122,15 +122,23 @@ def relative_entropy(rho, sigma, atol: float = 1e-12):
     return jnp.sum(xlogy(lam, lam)) - jnp.sum(cross)
 
 
+def _sqrtm_psd(rho):
+    """√ρ by eigh; eigenvalues below the numerical noise floor d·ε·λ_max are set to 0 (√ amplifies noise)."""
+    lam, v = jnp.linalg.eigh(rho)
+    floor = rho.shape[0] * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam))
+    lam = jnp.where(lam > floor, lam, 0.0)
+    return (v * jnp.sqrt(lam)) @ v.conj().T
+
+
 def fidelity(rho, sigma):
-    """Squared (Uhlmann–Jozsa) fidelity F = (Tr √(√ρ σ √ρ))², PennyLane's convention (QuTiP returns √F)."""
+    """Squared (Uhlmann–Jozsa) fidelity F = (Tr √(√ρ σ √ρ))² = ‖√ρ √σ‖₁², PennyLane's convention.
+
+    QuTiP's ``fidelity`` returns √F. Computed from the singular values of √ρ √σ, which
+    (unlike the eigenvalues of √ρ σ √ρ under a square root) stay accurate for rank-deficient states.
+    """
     check_density_matrix(rho, "rho")
     check_density_matrix(sigma, "sigma")
-    lam, v = jnp.linalg.eigh(rho)
-    sq = (v * jnp.sqrt(jnp.clip(lam, 0.0, None))) @ v.conj().T
-    m = sq @ sigma @ sq
-    ev = jnp.clip(jnp.linalg.eigvalsh((m + m.conj().T) / 2), 0.0, None)
-    return jnp.sum(jnp.sqrt(ev)) ** 2
+    return jnp.sum(jnp.linalg.svd(_sqrtm_psd(rho) @ _sqrtm_psd(sigma), compute_uv=False)) ** 2
 
 
 def trace_distance(rho, sigma):
