@@ -30,9 +30,9 @@ from experiments import quantum_common as qc
 from experiments.io import Checkpoint, atomic_write_json, results_dir
 
 DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
-               ansatz="he3", grid="short", max_time=None)
-FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=1500, search_steps=300,
-            methods=list(qc.GRIDS), ansatz="he3", grid="full", max_time=600.0)
+               ansatz="he3", grid="short", max_cpu=None)
+FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=20000, search_steps=300,
+            methods=list(qc.GRIDS), ansatz="he3", grid="full", max_cpu=60.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,7 +62,6 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    qc.enable_compile_cache()
     methods = qc.check_methods(config["methods"])
     grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
     cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
@@ -75,10 +74,10 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         prob = problem(n, beta, config["ansatz"])
         bar.set_description(f"gibbs n={n} β={beta:g}")
         search = qc.step_size_search(cells, prob, methods, grids, config["seeds"][0], config["search_steps"],
-                                     progress=bar, max_time=config["max_time"])
+                                     progress=bar, max_cpu=config["max_cpu"])
         winners = {m: s["winner"] for m, s in search.items()}
         runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
-                            progress=bar, max_time=config["max_time"])
+                            progress=bar, max_cpu=config["max_cpu"])
         d_star = qc.floor_estimate(runs)
         per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
         for s in per_method.values():
@@ -101,6 +100,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     """The short study (n = 4, β = 1, about a minute or two): what ``make run`` calls."""
+    qc.enable_compile_cache()
     config = {**DEFAULT, **overrides}
     return run_study(config, outdir or results_dir("gibbs"), progress=progress)
 
@@ -110,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
     args = parser.parse_args(argv)
     config = qc.resolve_config(args, DEFAULT, FULL)
+    qc.enable_compile_cache()
     outdir = args.out or results_dir("gibbs")
     summary = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
     print(summary["table"])

@@ -31,9 +31,9 @@ from experiments import quantum_common as qc
 from experiments.io import Checkpoint, atomic_write_json, results_dir
 
 DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], seeds=[0, 1], steps=150, search_steps=60,
-               methods=list(qc.GRIDS), ansatz="he3", grid="short", max_time=None, data_seed=1234)
+               methods=list(qc.GRIDS), ansatz="he3", grid="short", max_cpu=None, data_seed=1234)
 FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], seeds=[0, 1, 2], steps=1000,
-            search_steps=300, methods=list(qc.GRIDS), ansatz="he3", grid="full", max_time=600.0, data_seed=1234)
+            search_steps=300, methods=list(qc.GRIDS), ansatz="he3", grid="full", max_cpu=600.0, data_seed=1234)
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,7 +75,6 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    qc.enable_compile_cache()
     methods = qc.check_methods(config["methods"])
     grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
     sources = [None] + [int(s) for s in config["shots"]]
@@ -90,12 +89,12 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         exact = problem(n, beta, None, config["ansatz"], config["data_seed"])
         bar.set_description(f"learn n={n} β={beta:g}")
         search = qc.step_size_search(cells, exact, methods, grids, config["seeds"][0], config["search_steps"],
-                                     progress=bar, max_time=config["max_time"])
+                                     progress=bar, max_cpu=config["max_cpu"])
         winners = {m: s["winner"] for m, s in search.items()}
         for shots in sources:
             prob = problem(n, beta, shots, config["ansatz"], config["data_seed"])
             runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
-                                progress=bar, max_time=config["max_time"])
+                                progress=bar, max_cpu=config["max_cpu"])
             d_star = qc.floor_estimate(runs)
             per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
             source = "exact σ" if shots is None else f"{shots} shadow shots"
@@ -118,6 +117,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     """The short study (n = 4, β = 1, exact and 1000 shots)."""
+    qc.enable_compile_cache()
     return run_study({**DEFAULT, **overrides}, outdir or results_dir("learn"), progress=progress)
 
 
@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-seed", type=int, help="seed of the simulated measurements")
     args = parser.parse_args(argv)
     config = qc.resolve_config(args, DEFAULT, FULL)
+    qc.enable_compile_cache()
     outdir = args.out or results_dir("learn")
     summary = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
     print(summary["table"])

@@ -1,0 +1,158 @@
+"""Smoke tests of the quantum studies (experiments.gibbs / learn / sequence) on tiny settings.
+
+Independent checks: the recorded divergence at iteration 0 against D computed from scipy's
+matrix logarithm, the fidelity against scipy's matrix square root, the time-to-threshold
+analysis against hand-computed values, and resuming from a checkpoint against an
+uninterrupted run (fixed seeds make the traces identical).
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+
+from experiments import gibbs, learn
+from experiments import quantum_common as qc
+
+TINY = dict(n=[3], betas=[1.0], seeds=[0, 1], steps=6, search_steps=3, methods=["adam", "qpngd"],
+            ansatz="he1", grid="short", max_cpu=None)
+
+
+def _scipy_relative_entropy(rho, sigma):
+    return float(np.real(np.trace(rho @ (scipy.linalg.logm(rho) - scipy.linalg.logm(sigma)))))
+
+
+def _scipy_fidelity(rho, sigma):
+    s = scipy.linalg.sqrtm(rho)
+    return float(np.real(np.trace(scipy.linalg.sqrtm(s @ sigma @ s))) ** 2)
+
+
+def _finite_numbers(obj):
+    """Every number in a JSON tree (None allowed: not reached)."""
+    if isinstance(obj, dict):
+        return all(_finite_numbers(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite_numbers(v) for v in obj)
+    if isinstance(obj, float):
+        return np.isfinite(obj)
+    return True
+
+
+def test_reach_analysis_matches_hand_values():
+    trace = {"D": np.array([1.0, 0.5, 0.2, 0.12, 0.11, np.nan]), "time": np.array([0, 1, 2, 3, 4, np.nan]) * 0.5,
+             "cpu_time": np.arange(6) * 0.25, "grad_evals": np.arange(6) * 11.0}
+    assert qc.first_reach(trace, 0.2) == {"iterations": 2, "grad_evals": 22.0, "wall_s": 1.0, "cpu_s": 0.5}
+    assert qc.first_reach(trace, 0.05) is None
+    other = dict(trace, D=np.array([1.0, 0.15, 0.1, 0.1, 0.1, 0.1]))
+    r = qc.reach_summary([trace, other], 0.2)
+    assert r["reached"] == "2/2" and r["iterations"] == 1.5 and r["grad_evals"] == 16.5
+    assert qc.reach_summary([trace, other], 0.105)["reached"] == "1/2"
+    assert qc.floor_estimate({"a": [trace], "b": [other]}) == 0.1
+    # search score: mean D over the last tenth (here the last finite point); a NaN stop scores inf
+    assert qc.search_score(dict(trace, status="ok")) == 0.11
+    assert qc.search_score(dict(trace, status="nan at step 3")) == np.inf
+
+
+def test_bad_input_is_rejected():
+    with pytest.raises(ValueError, match="unknown methods"):
+        qc.check_methods(["adam", "sgd"])
+    with pytest.raises(ValueError, match="ansatz"):
+        qc.make_model(3, "mps2")
+    with pytest.raises(ValueError, match="ring"):
+        qc.ring(2)
+    prob = gibbs.problem(3, 1.0, "he1")
+    with pytest.raises(ValueError, match="step size"):
+        qc.make_stepper(prob, "adam", -0.1)
+    with pytest.raises(ValueError, match="beta"):
+        gibbs.problem(3, 0.0, "he1")
+    with pytest.raises(ValueError, match="shots"):
+        learn.problem(3, 1.0, 0, "he1")
+
+
+def test_gibbs_quick_smoke(tmp_path):
+    summary = gibbs.run_study(TINY, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["study"] == "gibbs" and _finite_numbers(saved)
+    (p,) = saved["problems"]
+    assert set(p["methods"]) == {"adam", "qpngd"}
+    assert p["search"]["adam"]["grid"] == list(qc.SHORT_GRIDS["adam"])
+    assert p["search"]["adam"]["winner"] in p["search"]["adam"]["grid"]
+    for m in p["methods"].values():
+        assert {"final_D", "floor_D", "to_D*+0.05", "to_D*+0.01", "ms_per_iter", "final_fidelity"} <= set(m)
+        assert m["floor_D"] >= p["D_star"] - 1e-12
+    assert (tmp_path / "curves_n3_beta1_he1.png").stat().st_size > 10_000
+    assert "| method |" in (tmp_path / "summary.md").read_text()
+
+    # the recorded D and fidelity at iteration 0 against scipy (matrix log / square root)
+    from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
+
+    prob = gibbs.problem(3, 1.0, "he1")
+    cells = qc.Cells(qc_checkpoint(tmp_path))
+    trace = next(t for k, t in cells.done.items() if '"method": "adam"' in k and '"steps": 6' in k
+                 and '"seed": 0' in k)
+    rho = np.asarray(prob.model.density_matrix(prob.model.init(jax.random.PRNGKey(0))))
+    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
+    np.testing.assert_allclose(trace["D"][0], _scipy_relative_entropy(rho, sigma), rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(trace["fidelity"][0], _scipy_fidelity(rho, sigma), rtol=1e-6)
+    assert np.all(np.diff(trace["grad_evals"]) == 1) and np.all(np.diff(trace["time"]) >= 0)
+    assert summary["table"] == saved["table"]
+
+
+def qc_checkpoint(path):
+    from experiments.io import Checkpoint
+
+    return Checkpoint(path / "checkpoint.pkl")
+
+
+def test_resume_reproduces_uninterrupted_run(tmp_path):
+    config = dict(TINY, seeds=[0, 1], methods=["adam"], steps=5)
+    whole = gibbs.run_study(config, tmp_path / "whole", progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        gibbs.run_study(config, tmp_path / "killed", progress=False, stop_after=2)
+    assert len(qc.Cells(qc_checkpoint(tmp_path / "killed")).done) == 2
+    resumed = gibbs.run_study(config, tmp_path / "killed", progress=False)
+    a = qc.Cells(qc_checkpoint(tmp_path / "whole")).done
+    b = qc.Cells(qc_checkpoint(tmp_path / "killed")).done
+    assert a.keys() == b.keys() and len(a) == len(qc.SHORT_GRIDS["adam"]) + 2
+    for key in a:
+        np.testing.assert_array_equal(a[key]["D"], b[key]["D"])
+    p, q = whole["problems"][0], resumed["problems"][0]
+    assert p["D_star"] == q["D_star"] and p["search"] == q["search"]
+
+
+def test_learn_quick_smoke(tmp_path):
+    config = dict(TINY, methods=["adam"], seeds=[0], shots=[200], data_seed=7)
+    summary = learn.run_study(config, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert _finite_numbers(saved) and [p["shots"] for p in saved["problems"]] == [None, 200]
+    assert len(list(tmp_path.glob("curves_*.png"))) == 2
+
+    # D(σ‖ρ) at iteration 0 of both problems equals scipy's, whatever data trained the model
+    from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
+
+    prob = learn.problem(3, 1.0, None, "he1")
+    rho = np.asarray(prob.model.density_matrix(prob.model.init(jax.random.PRNGKey(0))))
+    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
+    expected = _scipy_relative_entropy(sigma, rho)
+    done = qc.Cells(qc_checkpoint(tmp_path)).done
+    firsts = [t["D"][0] for k, t in done.items() if '"steps": 6' in k]
+    assert len(firsts) == 2
+    np.testing.assert_allclose(firsts, expected, rtol=1e-8)
+    assert summary["problems"][1]["methods"]["adam"]["status"][0].startswith(("ok", "cpu"))
+
+
+@pytest.mark.slow
+def test_gibbs_run_quick_full_short_study(tmp_path):
+    summary = gibbs.run_quick(tmp_path, progress=False)
+    (p,) = summary["problems"]
+    assert p["n"] == 4 and set(p["methods"]) == set(qc.GRIDS)
+    assert p["headline"]["threshold"] == "D*+0.01"
+    assert _finite_numbers(json.loads((tmp_path / "summary.json").read_text()))
+
+
+@pytest.mark.slow
+def test_learn_run_quick_full_short_study(tmp_path):
+    summary = learn.run_quick(tmp_path, progress=False)
+    assert [p["shots"] for p in summary["problems"]] == [None, 1000]
