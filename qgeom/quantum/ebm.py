@@ -13,8 +13,10 @@ modular operator is K_θ = Σ_b θ_b Z^b (see :meth:`ZProductEBM.operator`) and
 Exact quantities enumerate all 2ⁿ states (refused above the memory limit).
 Sampling is exact (categorical over 2ⁿ) for n ≤ ``EXACT_SAMPLE_MAX``, independent
 per spin for Bernoulli at any n, and otherwise approximate: independent
-single-spin Metropolis chains (random start, ``sweeps`` sweeps each, the final
-state of each chain is one sample).
+heat-bath (Gibbs-sampler) chains, one per sample, from a uniformly random start,
+``sweeps`` systematic sweeps each (x_i ← 1 with probability sigmoid(E(x_i=0) − E(x_i=1))).
+(Heat-bath rather than Metropolis: a systematic-scan Metropolis chain with zero-cost
+flips always accepted is periodic and does not converge.)
 """
 
 from __future__ import annotations
@@ -121,14 +123,14 @@ class ZProductEBM:
         return qml.Hamiltonian(list(theta), ops)
 
     def sample(self, theta, key, shots: int, sweeps: int = 200) -> jax.Array:
-        """``shots`` samples x ~ p_θ as (shots, n) int bits: exact for n ≤ EXACT_SAMPLE_MAX, else Metropolis."""
+        """``shots`` samples x ~ p_θ as (shots, n) int bits: exact for n ≤ EXACT_SAMPLE_MAX, else heat-bath MCMC."""
         self.check_params(theta)
         if self.n <= EXACT_SAMPLE_MAX:
             idx = jax.random.categorical(key, -self.energies(theta), shape=(shots,))
             return basis_bits(self.n)[idx]
-        return self._metropolis(theta, key, shots, sweeps)
+        return self._heat_bath(theta, key, shots, sweeps)
 
-    def _metropolis(self, theta, key, shots, sweeps):
+    def _heat_bath(self, theta, key, shots, sweeps):
         n = self.n
         k0, k1 = jax.random.split(key)
         x0 = jax.random.bernoulli(k0, 0.5, (shots, n)).astype(jnp.int32)
@@ -137,10 +139,10 @@ class ZProductEBM:
             x, key = carry
             key, ku = jax.random.split(key)
             i = t % n
-            flipped = x.at[:, i].set(1 - x[:, i])
-            dE = self.energy(theta, flipped) - self.energy(theta, x)
-            accept = jnp.log(jax.random.uniform(ku, (shots,))) < -dE
-            return jnp.where(accept[:, None], flipped, x), key
+            e0 = self.energy(theta, x.at[:, i].set(0))
+            e1 = self.energy(theta, x.at[:, i].set(1))
+            new = jax.random.bernoulli(ku, jax.nn.sigmoid(e0 - e1)).astype(jnp.int32)
+            return x.at[:, i].set(new), key
 
         x, _ = jax.lax.fori_loop(0, sweeps * n, step, (x0, k1))
         return x
