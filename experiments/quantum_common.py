@@ -292,18 +292,20 @@ def report_iterations(steps: int, points: int = 25) -> np.ndarray:
 
 
 def run_cell(problem: Problem, method: str, lr: float, seed: int, steps: int, *,
-             max_cpu: float | None = None, report_points: int = 25) -> dict:
+             max_cpu: float | None = None, report_points: int = 25, init_params=None) -> dict:
     """Train ``problem`` with ``method`` at ``lr`` for ``steps`` iterations from seed ``seed``.
 
     Returns the trace: ``D`` (steps+1 divergences, NaN after a divergence or a time stop),
     ``time`` (cumulative wall seconds of the optimizer steps only, compile excluded),
     ``cpu_time`` (the same in process CPU seconds: robust to other load on the machine),
     ``grad_evals`` (cumulative), ``report_iters`` and the sparse reports (``fidelity``),
-    and ``status`` ("ok", "nan at step k" or "cpu limit at step k": ``max_cpu`` caps the
-    optimizer steps' CPU seconds, so slow methods get a fair, bounded budget).
+    ``status`` ("ok", "nan at step k" or "cpu limit at step k": ``max_cpu`` caps the
+    optimizer steps' CPU seconds, so slow methods get a fair, bounded budget) and the
+    last finite ``params`` (numpy). The start is ``init_params`` if given, else
+    ``model.init(PRNGKey(seed))``.
     """
     stepper = make_stepper(problem, method, lr)
-    params0 = problem.model.init(jax.random.PRNGKey(seed))
+    params0 = problem.model.init(jax.random.PRNGKey(seed)) if init_params is None else init_params
     state = stepper.init(params0)
     jax.block_until_ready(stepper.step(state))  # compile outside the clock
 
@@ -326,6 +328,7 @@ def run_cell(problem: Problem, method: str, lr: float, seed: int, steps: int, *,
                 rep.setdefault(name, []).append(float(value))
 
     elapsed = cpu_elapsed = 0.0
+    params = params0
     for k in range(steps):
         params = stepper.params(state)
         t0, c0 = time.perf_counter(), time.process_time()
@@ -336,6 +339,8 @@ def run_cell(problem: Problem, method: str, lr: float, seed: int, steps: int, *,
         value = float(info["loss"])
         if not (np.isfinite(value) and bool(info.get("ok", True))):
             status = f"nan at step {k}: non-finite loss, gradient or update (loss = {value})"
+            if np.isfinite(value):
+                record(k, params, value)
             break
         record(k, params, value)
         wall[k + 1], cpu[k + 1] = elapsed, cpu_elapsed
@@ -352,13 +357,17 @@ def run_cell(problem: Problem, method: str, lr: float, seed: int, steps: int, *,
         else:
             status = f"nan at step {steps}"
     last = int(np.max(np.nonzero(np.isfinite(D))[0], initial=0))
+    if problem.evaluate is not None and (not rep_its or rep_its[-1] != last):  # report the end point
+        rep_its.append(last)
+        for name, value in problem.evaluate(params).items():
+            rep.setdefault(name, []).append(float(value))
     wall[last + 1:] = np.nan
     cpu[last + 1:] = np.nan
     evals[last + 1:] = np.nan
     return {"method": method, "lr": float(lr), "seed": int(seed), "steps": int(steps),
             "D": D, "time": wall, "cpu_time": cpu, "grad_evals": evals, "metric_evals": metric_evals,
             "report_iters": np.asarray(rep_its, dtype=int), **{k: np.asarray(v) for k, v in rep.items()},
-            "status": status}
+            "status": status, "params": jax.tree_util.tree_map(np.asarray, params)}
 
 
 def search_score(trace: dict) -> float:

@@ -156,3 +156,27 @@ def test_gibbs_run_quick_full_short_study(tmp_path):
 def test_learn_run_quick_full_short_study(tmp_path):
     summary = learn.run_quick(tmp_path, progress=False)
     assert [p["shots"] for p in summary["problems"]] == [None, 1000]
+
+
+def test_sequence_smoke_warm_starts_where_the_last_point_ended(tmp_path):
+    from experiments import sequence
+
+    config = dict(sequence.DEFAULT, n=[3], betas=[0.5, 1.0], steps=4, trotter_steps=1, methods=["adam"],
+                  ansatz="he1")
+    result = sequence.run_study(config, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert _finite_numbers(saved) and [s["kind"] for s in saved["sequences"]] == ["imaginary", "real"]
+    assert (tmp_path / "sequence_imaginary_n3.png").exists() and (tmp_path / "sequence_real_n3.png").exists()
+    chain = sequence.run_chain(qc.Cells(qc_checkpoint(tmp_path)), "real", 3, "adam", 0, config)  # from cache
+    # warm point 1 starts at point 0's final parameters, so its first D is D(V ρ_0 V† ‖ ρ_0)
+    # (scipy's expm and logm, independent of the study's code)
+    prob = learn.problem(3, 1.0, None, "he1")
+    rho0 = np.asarray(prob.model.density_matrix(chain["warm"][0]["params"]))
+    from qgeom.quantum import hamiltonian_matrix, tfim
+
+    V = scipy.linalg.expm(-0.1j * np.asarray(hamiltonian_matrix(tfim(qc.ring(3), J=1.0, h=0.0)))) @ \
+        scipy.linalg.expm(-0.1j * np.asarray(hamiltonian_matrix(tfim(qc.ring(3), J=0.0, h=1.0))))
+    sigma1 = V @ rho0 @ V.conj().T
+    np.testing.assert_allclose(chain["warm"][1]["D"][0], _scipy_relative_entropy(sigma1, rho0), rtol=1e-7)
+    row = result["sequences"][1]["methods"]["adam"]["rows"][1]
+    assert row["warm"]["D_at_start"] < row["cold"]["D_at_start"]
