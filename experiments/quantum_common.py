@@ -584,7 +584,9 @@ def plot_study(runs: dict, path, title: str, *, ylabel: str = r"$D(\rho\,\|\,\si
     if len(panels) > 2:
         axes[0][2].set_xscale("symlog", linthresh=10)
     axes[0][0].set_xscale("symlog", linthresh=10)
-    note = "" if d_star is None else f"\nblack: D* = {d_star:.3g} (solid), D*+0.01 (dotted), D*+0.05 (dashed)"
+    note = "\nmean over seeds, band min–max (legend n = number of seeds)"
+    if d_star is not None:
+        note += f"; black: D* = {d_star:.3g} (solid), D*+0.01 (dotted), D*+0.05 (dashed)"
     fig.suptitle(title + note, fontsize=10)
     fig.tight_layout()
     try:

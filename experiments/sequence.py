@@ -139,25 +139,31 @@ def format_table(title: str, summary: dict, tol: float) -> str:
     return "\n".join(lines)
 
 
-def plot_sequence(summaries: dict, path, title: str, xlabel: str):
-    """Steps to tolerance and final fidelity per point, warm (solid) vs cold (dashed), per method."""
+def plot_sequence(summaries: dict, path, title: str, xlabel: str, budget: int):
+    """Steps to tolerance and final fidelity per point, warm (solid) vs cold (dashed), per method.
+    A point whose tolerance was not reached is drawn at the step budget with an open marker."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, (method, s) in enumerate(summaries.items()):
         x = np.asarray(s["points"], dtype=float)
         for start, ls, marker in (("warm", "-", "o"), ("cold", "--", "s")):
-            steps = [np.nan if r[start]["steps_to_tol"] is None else r[start]["steps_to_tol"] for r in s["rows"]]
+            steps = np.array([budget if r[start]["steps_to_tol"] is None else r[start]["steps_to_tol"]
+                              for r in s["rows"]], dtype=float)
+            missed = np.array([r[start]["steps_to_tol"] is None for r in s["rows"]])
             fid = [r[start]["final_fidelity"] for r in s["rows"]]
             label = f"{qc.LABELS.get(method, method)}, {start} start"
             axes[0].plot(x, steps, ls=ls, marker=marker, color=f"C{i}", label=label)
+            axes[0].plot(x[missed], steps[missed], ls="none", marker=marker, ms=9, mfc="white", color=f"C{i}")
             axes[1].plot(x, fid, ls=ls, marker=marker, color=f"C{i}", label=label)
-    axes[0].set(xlabel=xlabel, ylabel="iterations to D ≤ D*_k + tol", yscale="log")
+    axes[0].set(xlabel=xlabel, ylabel="iterations to D ≤ D*_k + tol")
+    axes[0].set_yscale("symlog", linthresh=1)
+    axes[0].axhline(budget, color="k", lw=0.8, ls=":")
     axes[1].set(xlabel=xlabel, ylabel="final fidelity (squared)")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize="small")
-    fig.suptitle(title + "  (missing points: tolerance not reached)", fontsize=10)
+    fig.suptitle(title + f"\nopen markers at the dotted line: tolerance not reached in {budget} steps", fontsize=10)
     fig.tight_layout()
     try:
         return atomic_savefig(fig, path)
@@ -193,7 +199,8 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                 tables.append(format_table(title, per_method[method], config["tol"]))
             xlabel = "β" if kind == "imaginary" else f"Trotter step k (Δt = {config['dt']:g})"
             plot = plot_sequence(per_method, outdir / f"sequence_{kind}_n{n}.png",
-                                 f"{kind}-time sequence, TFIM ring n={n}, ansatz {config['ansatz']}", xlabel)
+                                 f"{kind}-time sequence, TFIM ring n={n}, ansatz {config['ansatz']}", xlabel,
+                                 config["steps"])
             result["sequences"].append({"kind": kind, "n": n, "methods": per_method, "plot": str(plot)})
     bar.close()
     result["table"] = "\n\n".join(tables)
