@@ -106,7 +106,7 @@ def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = qc.study_parser(__doc__.split("\n\n")[0])
+    parser = qc.study_parser("gibbs", __doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
     args = parser.parse_args(argv)
     config = qc.resolve_config(args, DEFAULT, FULL)

@@ -122,7 +122,7 @@ def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = qc.study_parser(__doc__.split("\n\n")[0])
+    parser = qc.study_parser("learn", __doc__.split("\n\n")[0])
     parser.add_argument("--shots", type=int, nargs="*", help="shot counts of the measured problems")
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids")
     parser.add_argument("--data-seed", type=int, help="seed of the simulated measurements")

@@ -598,11 +598,11 @@ def plot_study(runs: dict, path, title: str, *, ylabel: str = r"$D(\rho\,\|\,\si
 # ----------------------------------------------------------------------------- CLI
 
 
-def study_parser(description: str):
+def study_parser(name: str, description: str):
     """argparse parser with the flags the three studies share (defaults None = from config)."""
     import argparse
 
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(prog=f"qgeom {name}", description=description)
     p.add_argument("--full", action="store_true", help="the full study (long; see the module docstring)")
     p.add_argument("--config", help="JSON file of settings (keys as the flags, with underscores)")
     p.add_argument("--n", type=int, nargs="+", help="ring sizes")

@@ -216,7 +216,7 @@ def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = qc.study_parser(__doc__.split("\n\n")[0])
+    parser = qc.study_parser("sequence", __doc__.split("\n\n")[0])
     parser.add_argument("--kinds", nargs="+", choices=["imaginary", "real"], help="which sequences")
     parser.add_argument("--trotter-steps", type=int, help="number of real-time Trotter steps")
     parser.add_argument("--dt", type=float, help="Trotter time step")

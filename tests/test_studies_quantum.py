@@ -71,6 +71,15 @@ def test_bad_input_is_rejected():
         learn.problem(3, 1.0, 0, "he1")
 
 
+def test_cli_rejects_unknown_config_keys_and_methods(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"n": [3], "bogus": 1}))
+    with pytest.raises(ValueError, match="bogus"):
+        gibbs.main(["--config", str(bad), "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match="unknown methods"):
+        learn.main(["--methods", "sgd", "--out", str(tmp_path)])
+
+
 def test_gibbs_quick_smoke(tmp_path):
     summary = gibbs.run_study(TINY, tmp_path, progress=False)
     saved = json.loads((tmp_path / "summary.json").read_text())
