@@ -5,14 +5,15 @@ cross-entropy summed over pixels, ℓ2 1e-5 (Martens & Grosse 2015 §13). Method
 
 * ``kfac`` — ours (``classical.kfac.KFAC``): adaptive α, μ from the quadratic model, LM
   damping every 5 steps, inverses every 5 steps, EMA 0.95 (the paper's settings);
-* ``foof`` — ours (``classical.foof``), the A factor only;
+* ``foof`` — ours (``classical.foof``), the A factor only, damping 1, momentum 0.9;
 * ``sgd`` — optax SGD, Nesterov momentum with Sutskever et al.'s schedule (μ_max 0.99);
 * ``adam`` — optax Adam;
 * ``kfac-jax`` — DeepMind's kfac-jax with its MNIST-autoencoder example config
   (adaptive lr/momentum/damping, curvature EMA 0.95, inverse period 5, damping
   interval 5, initial damping tuned around its 150), only when kfac-jax is installed.
 
-Every method gets the same tuning budget: the three grid points in ``GRIDS``, run on
+Every method gets the same tuning budget: the three grid points in ``GRIDS`` (initial
+damping for the adaptive K-FACs, learning rate for the others), run on
 seed 0 for ``--tune-steps`` steps and ranked by final training loss (never test data).
 Training loss is measured on a fixed subset of the training set, the test error is
 the squared reconstruction error per image on a fixed test subset. Output:
@@ -36,7 +37,7 @@ from experiments.io import results_dir
 
 GRIDS = {
     "kfac": [{"damping": d} for d in (15.0, 150.0, 1000.0)],
-    "foof": [{"damping": d} for d in (1.0, 10.0, 100.0)],
+    "foof": [{"lr": lr, "damping": 1.0} for lr in (3e-3, 1e-2, 3e-2)],
     "sgd": [{"lr": lr} for lr in (3e-3, 1e-2, 3e-2)],
     "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],
     "kfac-jax": [{"damping": d} for d in (15.0, 150.0, 1000.0)],

@@ -27,7 +27,7 @@ import optax
 from jax.experimental import disable_x64
 from tqdm.auto import tqdm
 
-from classical import models
+from classical import baselines, models
 from classical.data import batch_indices
 from classical.models import Network
 from experiments.io import Checkpoint
@@ -185,15 +185,7 @@ class Method:
     to_common: Callable = staticmethod(lambda p: p)
     warmup_steps: int = 2
     handles_nonfinite: bool = False
-
-
-def sutskever_momentum(mu_max):
-    """μ_t = min(1 − 2^{−1−log₂(⌊t/250⌋+1)}, μ_max) (Sutskever et al. 2013, eq. 5)."""
-
-    def schedule(t):
-        return jnp.minimum(1.0 - 2.0 ** (-1.0 - jnp.log2(jnp.floor(t / 250.0) + 1.0)), mu_max)
-
-    return schedule
+    warmed: bool = False
 
 
 def _optax_method(name, problem, tx, hparams) -> Method:
@@ -266,7 +258,8 @@ _OURS_ARGS = {"lr": "learning_rate", "momentum": "momentum", "damping": "damping
 def _ours_method(name, problem, hp, seed) -> Method:
     """Our K-FAC (``classical.kfac.KFAC``) or FOOF (``classical.foof.FOOF``), fused step.
 
-    Unset ``lr`` / ``momentum`` mean the quadratic-model values (§7); damping is clipped
+    For K-FAC unset ``lr`` / ``momentum`` mean the quadratic-model values (§7); FOOF
+    needs ``lr`` (its momentum defaults to 0.9, its damping is fixed). Damping is clipped
     to [1e-5, 1000] as in kfac-jax's example. A step whose objective is non-finite is
     undone by the optimizer itself (it raises λ), so the harness keeps going."""
     if name == "kfac":
@@ -288,16 +281,25 @@ def _ours_method(name, problem, hp, seed) -> Method:
     return Method(name, hp, lambda params, key, batch_at: (params, opt.init(params)), step, handles_nonfinite=True)
 
 
+_METHOD_CACHE: dict = {}
+
+
 def make_method(name: str, problem: Problem, hparams: dict, seed: int = 0) -> Method:
     """Build method ``name`` (one of ``METHODS``) for ``problem`` with ``hparams``
-    (``seed`` seeds our K-FAC's target sampling; kfac-jax gets per-step keys)."""
+    (``seed`` seeds our K-FAC's target sampling; kfac-jax gets per-step keys).
+    Methods are cached, so a resumed or repeated run reuses the compiled steps."""
+    key = (name, problem, json.dumps(hparams, sort_keys=True), seed)
+    if key not in _METHOD_CACHE:
+        _METHOD_CACHE[key] = _make_method(name, problem, hparams, seed)
+    return _METHOD_CACHE[key]
+
+
+def _make_method(name, problem, hparams, seed) -> Method:
     hp = dict(hparams)
     if name == "sgd":
-        momentum = sutskever_momentum(hp.get("mu_max", 0.99))
-        tx = optax.inject_hyperparams(optax.sgd)(learning_rate=hp["lr"], momentum=momentum, nesterov=True)
-        return _optax_method(name, problem, tx, hp)
+        return _optax_method(name, problem, baselines.sgd_sutskever(hp["lr"], hp.get("mu_max", 0.99)), hp)
     if name == "adam":
-        return _optax_method(name, problem, optax.adam(hp["lr"]), hp)
+        return _optax_method(name, problem, baselines.adam(hp["lr"]), hp)
     if name == "kfac-jax":
         return _kfac_jax_method(problem, hp)
     if name in ("kfac", "foof"):
@@ -401,6 +403,7 @@ def _train(
             warm_params, warm_state, _ = m.step(warm_params, warm_state, batch_at(k), jax.random.fold_in(key, 3), k)
         jax.block_until_ready(warm_params)
         hist.setdefault("compile_time", []).append(time.perf_counter() - warm_start)
+        m.warmed = True
     bar = tqdm(total=steps, initial=min(t, steps), desc=f"{method} s{seed}", leave=False, disable=not progress)
     losses, bad = [], 0
     while t < steps and not diverged:

@@ -1,0 +1,218 @@
+"""Milliseconds per training step on the MNIST deep autoencoder at batch 1000, side by side.
+
+Contenders (one process, float32, same network, same batches):
+
+* ``sgd`` — optax SGD, momentum 0.9;  ``adam`` — optax Adam;
+* ``kfac-fixed`` — our K-FAC, fixed learning rate, momentum and damping;
+* ``kfac-adaptive`` — our K-FAC, quadratic-model α and μ, Levenberg–Marquardt damping;
+* ``kfac-jax-fixed`` / ``kfac-jax-adaptive`` — kfac-jax with the same settings
+  (skipped when kfac-jax is not installed).
+
+K-FAC settings shared by both implementations: inverse period 20, curvature EMA 0.95,
+statistics every step, damping interval 5, no burn-in. Every method is first warmed up
+(all compiled branches), then restarted at step 0 and timed in blocks of
+``--block`` steps (= the inverse period, so every block holds exactly one inverse
+refresh); blocks of all methods are interleaved round-robin, in a rotating order, so
+the load of this shared machine falls on all of them alike. A block's amortised cost
+is its mean ms per step; we report the median over blocks (robust to load spikes)
+and the overall mean, plus the median of the inverse-refresh steps and of the other
+steps (where the time goes). The last line is
+
+    kfac_step_vs_kfac_jax=<adaptive ours / adaptive kfac-jax> kfac_step_vs_sgd=<fixed ours / sgd>
+
+(targets from issue 5: ≤ 0.8 and ≤ 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import disable_x64
+
+from classical.data import batch_indices, load_mnist
+from experiments import kfac_common as kc
+
+
+def _optax_stepper(problem, tx):
+    vg = jax.value_and_grad(problem.loss)
+
+    @jax.jit
+    def step(params, state, batch):
+        loss, grads = vg(params, batch)
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    def make(params):
+        return params, tx.init(params)
+
+    return make, lambda p, s, b, t: step(p, s, b)
+
+
+def _ours_stepper(problem, adaptive, period, lr, momentum, damping):
+    from classical.kfac import KFAC
+
+    kw = {} if adaptive else {"learning_rate": lr, "momentum": momentum, "adapt_damping": False}
+    opt = KFAC(problem.net, damping=damping, l2_reg=problem.l2, inverse_period=period, damping_interval=5,
+               ema_decay=0.95, min_damping=1e-5, max_damping=1000.0, **kw)
+
+    def step(p, s, b, t):
+        p, s, info = opt.step(p, s, b)
+        return p, s, info["objective"]
+
+    return (lambda params: (params, opt.init(params))), step
+
+
+def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping):
+    import kfac_jax
+
+    net = problem.net
+    opt = kfac_jax.Optimizer(
+        value_and_grad_func=jax.value_and_grad(lambda p, b: kc.kfac_jax_loss(problem, p, b)),
+        l2_reg=problem.l2, use_adaptive_learning_rate=adaptive, use_adaptive_momentum=adaptive,
+        use_adaptive_damping=adaptive, initial_damping=damping, min_damping=1e-5, max_damping=1000.0,
+        damping_adaptation_interval=5, damping_adaptation_decay=0.95, inverse_update_period=period,
+        num_burnin_steps=0, curvature_ema=0.95, multi_device=False)
+    fixed = {} if adaptive else {"learning_rate": jnp.float32(lr), "momentum": jnp.float32(momentum),
+                                 "damping": jnp.float32(damping)}
+    key = jax.random.PRNGKey(0)
+    first = {}
+
+    def make(params):
+        split = kc.split_params(net, params)
+        return split, opt.init(split, key, first["batch"])
+
+    def step(p, s, b, t):
+        p, s, stats = opt.step(p, s, jax.random.fold_in(key, t), batch=b, global_step_int=t, **fixed)
+        return p, s, stats["loss"]
+
+    return make, step, first
+
+
+def build(args, problem, batches):
+    lr, mom, damp, period = args.lr, args.momentum, args.damping, args.inverse_period
+    out = {
+        "sgd": _optax_stepper(problem, optax.sgd(args.sgd_lr, momentum=0.9)),
+        "adam": _optax_stepper(problem, optax.adam(1e-3)),
+        "kfac-fixed": _ours_stepper(problem, False, period, lr, mom, damp),
+        "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp),
+    }
+    if kc.kfac_jax_available() and not args.no_kfac_jax:
+        for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
+            make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp)
+            first["batch"] = batches[0]
+            out[name] = (make, step)
+    return out
+
+
+def run(args):
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    problem = kc.autoencoder_problem()
+    mnist = load_mnist()
+    n_batches = 8
+    batches = [tuple(jnp.asarray(mnist.x_train[batch_indices(60000, args.batch_size, 0, k)]) for _ in range(2))
+               for k in range(n_batches)]
+    params0 = problem.net.init(jax.random.PRNGKey(0))
+    contenders = build(args, problem, batches)
+    names = list(contenders)
+    state = {}
+    print(f"warming up (compiling) {len(names)} contenders at batch {args.batch_size} ...", flush=True)
+    for name in names:
+        make, step = contenders[name]
+        start = time.perf_counter()
+        p, s = make(params0)
+        for t in range(args.block + 2):  # every branch: inverse refresh, damping adaptation, plain
+            p, s, loss = step(p, s, batches[t % n_batches], t)
+        jax.block_until_ready(p)
+        print(f"  {name:18s} warm-up {time.perf_counter() - start:6.1f} s, loss {float(loss):.2f}", flush=True)
+        state[name] = [*make(params0), 0]  # restart at step 0 (compiled code is cached)
+    times = {n: [] for n in names}
+    for rep in range(args.reps):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for name in order:
+            _, step = contenders[name]
+            p, s, t = state[name]
+            block = []
+            for _ in range(args.block):
+                b = batches[t % n_batches]
+                start = time.perf_counter()
+                p, s, loss = step(p, s, b, t)
+                jax.block_until_ready((p, loss))
+                block.append(time.perf_counter() - start)
+                t += 1
+            if not np.isfinite(float(loss)):
+                print(f"  warning: {name} loss is non-finite at step {t}")
+            state[name] = [p, s, t]
+            times[name].append(block)
+        print(f"  repetition {rep + 1}/{args.reps} done", flush=True)
+    return times, state
+
+
+def report(times, args) -> dict:
+    rows = {}
+    for name, blocks in times.items():
+        arr = 1e3 * np.asarray(blocks)  # (reps, block) ms
+        rows[name] = {
+            "median_ms": float(np.median(arr.mean(1))),
+            "mean_ms": float(arr.mean()),
+            "inverse_step_ms": float(np.median(arr[:, 0])),
+            "other_step_ms": float(np.median(arr[:, 1:])) if arr.shape[1] > 1 else float("nan"),
+        }
+    sgd = rows["sgd"]["median_ms"]
+    load = os.getloadavg()
+    print(f"\nbatch {args.batch_size}, inverse period {args.inverse_period}, {args.reps} interleaved blocks of "
+          f"{args.block} steps per contender; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+          f"on {os.cpu_count()} cores")
+    print(f"{'contender':18s} {'median ms':>10s} {'mean ms':>9s} {'inverse-step':>13s} {'other-step':>11s} {'x SGD':>6s}")
+    for name, r in rows.items():
+        print(f"{name:18s} {r['median_ms']:10.1f} {r['mean_ms']:9.1f} {r['inverse_step_ms']:13.1f} "
+              f"{r['other_step_ms']:11.1f} {r['median_ms'] / sgd:6.2f}")
+    ratios = {"kfac_fixed_vs_sgd": rows["kfac-fixed"]["median_ms"] / sgd,
+              "kfac_adaptive_vs_sgd": rows["kfac-adaptive"]["median_ms"] / sgd}
+    if "kfac-jax-adaptive" in rows:
+        ratios["kfac_adaptive_vs_kfac_jax_adaptive"] = rows["kfac-adaptive"]["median_ms"] / rows["kfac-jax-adaptive"]["median_ms"]
+        ratios["kfac_fixed_vs_kfac_jax_fixed"] = rows["kfac-fixed"]["median_ms"] / rows["kfac-jax-fixed"]["median_ms"]
+        ratios["kfac_jax_adaptive_vs_sgd"] = rows["kfac-jax-adaptive"]["median_ms"] / sgd
+        ratios["kfac_jax_fixed_vs_sgd"] = rows["kfac-jax-fixed"]["median_ms"] / sgd
+    print("\n" + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+    vs_jax = ratios.get("kfac_adaptive_vs_kfac_jax_adaptive", float("nan"))
+    print(f"kfac_step_vs_kfac_jax={vs_jax:.2f} kfac_step_vs_sgd={ratios['kfac_fixed_vs_sgd']:.2f}")
+    return {"rows": rows, "ratios": ratios, "load": load}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="qgeom bench-kfac", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--reps", type=int, default=4, help="interleaved timed blocks per contender")
+    ap.add_argument("--block", type=int, default=20, help="steps per timed block (default: the inverse period)")
+    ap.add_argument("--inverse-period", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=0.2, help="fixed K-FAC learning rate")
+    ap.add_argument("--momentum", type=float, default=0.9, help="fixed K-FAC momentum")
+    ap.add_argument("--damping", type=float, default=150.0, help="(initial) K-FAC damping")
+    ap.add_argument("--sgd-lr", type=float, default=1e-2)
+    ap.add_argument("--no-kfac-jax", action="store_true", help="skip kfac-jax even if installed")
+    ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    args = ap.parse_args(argv)
+    for name in ("batch_size", "reps", "block", "inverse_period"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.batch_size > 60000:
+        raise ValueError("--batch-size must be <= 60000 (MNIST's training set)")
+    with disable_x64():
+        times, _ = run(args)
+    out = report(times, args)
+    if args.json:
+        from experiments.io import atomic_write_json
+
+        atomic_write_json(args.json, {"args": vars(args), **out, "times_ms": {k: 1e3 * np.asarray(v) for k, v in times.items()}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""K-FAC study harness: plotting bands, kfac-jax reparametrisation, summaries, resume, smoke run."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from classical import models
+from classical.data import load_digits
+from experiments import kfac_common as kc
+from experiments import plotting
+
+
+# ------------------------------------------------------------------------ plotting
+
+
+def test_seed_band_shared_x_is_mean_and_std():
+    ys = [np.array([3.0, 2.0, 1.0, 0.5]), np.array([5.0, 2.0, 3.0])]  # truncated to 3 points
+    x, mean, lo, hi = plotting.seed_band(ys)
+    np.testing.assert_array_equal(x, [0, 1, 2])
+    np.testing.assert_allclose(mean, [4.0, 2.0, 2.0])
+    np.testing.assert_allclose(hi - mean, [1.0, 0.0, 1.0])
+    _, _, lo, hi = plotting.seed_band(ys, spread="minmax")
+    np.testing.assert_allclose(lo, [3.0, 2.0, 1.0])
+    np.testing.assert_allclose(hi, [5.0, 2.0, 3.0])
+
+
+def test_seed_band_own_x_interpolates_on_common_range():
+    xs = [np.array([0.0, 1.0, 2.0]), np.array([0.5, 2.5, 4.0])]
+    ys = [np.array([0.0, 10.0, 20.0]), np.array([1.0, 5.0, np.nan])]  # NaN point dropped
+    x, mean, _, _ = plotting.seed_band(ys, xs, num=7)
+    assert x[0] == 0.5 and x[-1] == 2.0  # both seeds cover [0.5, 2.0] only
+    expect = 0.5 * (10 * x + (1.0 + 2.0 * (x - 0.5)))  # seed 0: y = 10x; seed 1: line through (0.5,1), (2.5,5)
+    np.testing.assert_allclose(mean, expect)
+    with pytest.raises(ValueError, match="spread"):
+        plotting.seed_band(ys, xs, spread="iqr")
+    with pytest.raises(ValueError, match="does not match"):
+        plotting.seed_band(ys, [np.arange(2), np.arange(3)])
+
+
+def test_save_panels_writes_png(tmp_path):
+    curves = {"a": [np.linspace(1, 0.1, 20), np.linspace(1.1, 0.2, 20)], "b": [np.linspace(1, 0.5, 20)]}
+    walls = {"a": [np.linspace(0, 2, 20), np.linspace(0, 3, 20)], "b": [np.linspace(0, 1, 20)]}
+    path = plotting.save_panels(tmp_path / "f.png", [dict(curves=curves, logy=True), dict(curves=curves, xs=walls)])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="at least one panel"):
+        plotting.save_panels(tmp_path / "g.png", [])
+
+
+# ------------------------------------------------------------ harness components
+
+
+@pytest.mark.parametrize("problem", [kc.mlp_classifier_problem((12,)), kc.conv_classifier_problem()], ids=["mlp", "conv"])
+def test_split_params_is_the_same_function(problem):
+    """kfac-jax's reparametrisation (plain dot / conv + bias) computes exactly net.apply."""
+    net = problem.net
+    params = net.init(jax.random.PRNGKey(0))
+    params = {k: v.at[-1].set(0.1 * jnp.arange(v.shape[1], dtype=v.dtype)) for k, v in params.items()}
+    x = jax.random.uniform(jax.random.PRNGKey(1), (3, *net.input_shape), jnp.float32)
+    split = kc.split_params(net, params)
+    ours = jax.jit(lambda s, x: kc.split_apply(net, s, x))(split, x)
+    np.testing.assert_allclose(ours, jax.jit(net.apply)(params, x), rtol=2e-5, atol=2e-5)
+    back = kc.join_params(net, split)
+    for k in params:
+        np.testing.assert_array_equal(back[k], params[k])
+    assert np.isclose(kc.l2_penalty(split), kc.l2_penalty(params))
+
+
+def _hist(steps, walls, losses, diverged=False):
+    return {"step": steps, "wall_time": walls, "train_loss": losses, "test_loss": losses,
+            "test_error": [v / 10 for v in losses], "diverged": diverged}
+
+
+def test_summary_reach_target():
+    adam = [_hist([0, 10, 20], [0, 1, 2], [9.0, 5.0, 4.0]), _hist([0, 10, 20], [0, 1.2, 2.2], [9.0, 5.0, 6.0])]
+    kfac = [_hist([0, 10, 20], [0, 3, 6], [9.0, 4.0, 2.0])]
+    s = kc.summarize({"adam": adam, "kfac": kfac}, horizon=20)
+    assert s["target_train_loss"] == 5.0  # best of the seed mean (9, 5, 5)
+    assert s["methods"]["kfac"]["reach_step"] == 10 and s["methods"]["kfac"]["reach_wall_s"] == 3.0
+    assert s["methods"]["adam"]["reach_step"] == 10 and np.isclose(s["methods"]["adam"]["reach_wall_s"], 1.1)
+    assert np.isclose(s["methods"]["adam"]["train_loss"], 5.0) and np.isclose(s["methods"]["adam"]["train_loss_std"], 1.0)
+    assert kc.first_reach([0, 1], [0, 1], [3.0, 2.0], 1.0) == (None, None)
+    assert "| kfac | 20 |" in kc.markdown_table(s)
+
+
+# ------------------------------------------------------------------- resume
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    ds = load_digits()
+    problem = kc.Problem("tiny", models.mlp((64, 16, 10), "tanh", "categorical"), 1e-4)
+    data = {"train": (ds.x_train[:400], ds.y_train[:400]), "eval_train": (ds.x_train[:100], ds.y_train[:100]),
+            "eval_test": (ds.x_test[:100], ds.y_test[:100])}
+    return problem, data
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method,hp", [("sgd", {"lr": 0.1}), ("kfac", {"damping": 0.1})])
+def test_killed_run_resumes_to_identical_result(tiny, tmp_path, method, hp):
+    problem, data = tiny
+    kw = dict(seed=3, steps=30, batch_size=32, eval_every=10, progress=False)
+    ref = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "a", **kw)
+
+    def kill(t):
+        if t == 25:
+            raise Killed
+
+    with pytest.raises(Killed):
+        kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=kill, **kw)
+    seen = []
+    resumed = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
+    assert seen[0] == 21 and seen[-1] == 30  # restarted from the step-20 checkpoint
+    assert resumed["step"] == ref["step"] == [0, 10, 20, 30]
+    np.testing.assert_allclose(resumed["train_loss"], ref["train_loss"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["test_error"], ref["test_error"], rtol=1e-6)
+    assert ref["train_loss"][-1] < ref["train_loss"][0]  # it actually trained
+    # A finished run is read back without training again.
+    again = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
+    assert len(seen) == 10 and again["train_loss"] == resumed["train_loss"]
+
+
+def test_diverging_run_is_stopped_and_reported(tiny):
+    problem, data = tiny
+    run = kc.train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
+    assert run["diverged"] and run["step"][-1] < 20
+    assert np.all(np.isfinite(run["train_loss"][:-1]))
+    assert kc.final_loss(run) == float("inf")
+
+
+def test_bad_arguments():
+    from experiments import kfac_autoencoder
+
+    with pytest.raises(ValueError, match="unknown method"):
+        kc.make_method("lbfgs", kc.autoencoder_problem(), {})
+    with pytest.raises(ValueError, match="--steps"):
+        kfac_autoencoder.main(["--steps", "0", "--methods", "sgd"])
+    with pytest.raises(ValueError, match="exceeds"):
+        kfac_autoencoder.main(["--batch-size", "600", "--train-size", "500", "--methods", "sgd"])
+
+
+# ------------------------------------------------------------------ smoke run
+
+
+@pytest.mark.slow
+def test_autoencoder_study_smoke(tmp_path):
+    from experiments import kfac_autoencoder
+
+    methods = "kfac,sgd,adam" + (",kfac-jax" if kc.kfac_jax_available() else "")
+    argv = ["--steps", "6", "--train-size", "200", "--eval-size", "50", "--batch-size", "50", "--eval-every", "3",
+            "--tune-steps", "3", "--seeds", "2", "--methods", methods, "--out", str(tmp_path), "--no-progress"]
+    assert kfac_autoencoder.main(argv) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "curves.png").exists()
+    for key in ("problem", "tuning", "summary", "runs", "steps", "seeds"):
+        assert key in res
+    for m in methods.split(","):
+        assert len(res["tuning"][m]["table"]) == 3 and res["tuning"][m]["winner"] in res["tuning"][m]["grid"]
+        for run in res["runs"][m]:
+            assert run["step"] == [0, 3, 6]
+            for k in ("train_loss", "test_error", "wall_time"):
+                assert all(v is not None and np.isfinite(v) for v in run[k]), (m, k)
+            assert run["train_loss"][-1] < run["train_loss"][0]
+        row = res["summary"]["methods"][m]
+        assert row["seeds"] == 2 and np.isfinite(row["ms_per_step"])
