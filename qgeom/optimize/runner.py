@@ -19,8 +19,7 @@ from qgeom.optimize.natural import _all_finite
 class FitResult:
     """Outcome of ``fit``.
 
-    ``params``: the last parameters with a finite loss and gradient; ``state``: the optimizer
-    state there. Per iteration t (lists of equal length): ``loss[t]`` = L(params_t) before
+    ``params``: the last parameters with a finite loss; ``state``: the optimizer state there. Per iteration t (lists of equal length): ``loss[t]`` = L(params_t) before
     step t; ``time[t]`` = cumulative wall seconds after step t (compilation excluded, reported
     as ``compile_time``); ``grad_evals[t]`` = cumulative gradient evaluations (1 per step plus
     the optimizer's ``update.extra_grad_evals``, e.g. QPMD's inner steps). ``status`` is
@@ -75,7 +74,7 @@ def fit(loss, params, optimizer, steps, *, stop_below=None, callback=None, progr
     compile_time = time.perf_counter() - t0
 
     losses, times, evals = [], [], []
-    status, elapsed = "completed", 0.0
+    status, elapsed, prev = "completed", 0.0, None
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -88,6 +87,8 @@ def fit(loss, params, optimizer, steps, *, stop_below=None, callback=None, progr
         elapsed += time.perf_counter() - t0
         if not ok:
             status = f"stopped at step {t}: non-finite loss, gradient or update (loss = {value})"
+            if not np.isfinite(value) and prev is not None:  # params_t itself is bad: step back
+                params, state = prev
             break
         losses.append(value)
         times.append(elapsed)
@@ -95,6 +96,7 @@ def fit(loss, params, optimizer, steps, *, stop_below=None, callback=None, progr
         if stop_below is not None and value <= stop_below:
             status = "converged"  # params stay at the point whose loss reached the threshold
             break
+        prev = (params, state)
         params, state = new, new_state
         if bar is not None:
             bar.update(1)
