@@ -19,7 +19,9 @@ from jax.flatten_util import ravel_pytree
 
 import qgeom  # noqa: F401  (float64)
 from qgeom.metrics import bkm, fubini_study, qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
-from qgeom.quantum import QHBM, Parity, hardware_efficient
+import networkx as nx
+
+from qgeom.quantum import QHBM, Circuit, Parity, hardware_efficient, tfim_qaoa
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,25 @@ def test_structured_bkm_equals_generic_and_relative_entropy_hessian(model_params
 
     hess = np.asarray(jax.hessian(lambda b: rel_ent(flat, b))(flat))
     np.testing.assert_allclose(g, hess, atol=1e-9 * np.abs(g).max())
+
+
+def _rot_circuit(phi):
+    qml.Rot(*phi[0], wires=0)  # three parameters in one gate: generators by jacfwd
+    qml.CNOT([0, 1])
+    qml.RY(phi[1, 0], wires=1)
+
+
+@pytest.mark.parametrize(
+    "circuit",
+    [tfim_qaoa(nx.path_graph(2), 2), Circuit(_rot_circuit, [0, 1], (2, 3))],
+    ids=["tied-angles", "multi-parameter-gate"],
+)
+def test_generator_paths_match_generic_bkm(circuit):
+    """Per-gate generators with the chain rule (tfim_qaoa: RX(2δ), IsingZZ(2γ)) and the jacfwd fallback."""
+    model = QHBM(Parity(2, 2), circuit)
+    params = model.init(jax.random.PRNGKey(7))
+    g = np.asarray(qhbm_bkm(model, params).dense())
+    np.testing.assert_allclose(g, np.asarray(bkm(model.density_matrix, params).dense()), atol=1e-10 * np.abs(g).max())
 
 
 def test_cross_block_vanishes(model_params):

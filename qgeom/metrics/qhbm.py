@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pennylane as qml
 
 from qgeom.metrics.base import BlockDiagonal, DenseMetric
 
@@ -51,15 +52,66 @@ def ebm_fisher_matrix(ebm, theta):
     return (centred * p[:, None]).T @ centred
 
 
-def circuit_generators(circuit, phi):
-    """T_j = i U†∂_{φ_j}U for every circuit parameter (ravel order): shape (P_φ, 2ⁿ, 2ⁿ).
+def _gate_generators(circuit, phi):
+    """Per-gate generator matrices H_g (gate = e^{iθ_g H_g}, PennyLane's ``qml.generator``) or None.
 
-    Hermitian because U is unitary; computed from one ``jax.jacfwd`` of ``circuit.unitary``.
+    None when some gate has several parameters or no generator (then ``jacfwd`` is used).
     """
-    u = circuit.unitary(phi)
-    d = u.shape[0]
-    jac = jax.jacfwd(circuit.unitary, holomorphic=False)(phi).reshape(d, d, -1)
-    return 1j * jnp.einsum("ki,klp->pil", u.conj(), jac)
+    ops = circuit.operations(phi)
+    gens = []
+    for op in ops:
+        if op.num_params > 1:
+            return None
+        if op.num_params == 1:
+            try:
+                g = qml.generator(op, format="observable")
+            except (qml.operation.GeneratorUndefinedError, NotImplementedError, TypeError, ValueError):
+                return None
+            gens.append(np.asarray(qml.matrix(g, wire_order=op.wires), dtype=np.complex128))
+    return ops, gens
+
+
+def _apply_gate(mat, pos, t):
+    """Apply a k-qubit matrix on tensor axes ``pos`` of a (2,)*n + (cols,) tensor."""
+    k = len(pos)
+    t = jnp.tensordot(jnp.asarray(mat).reshape((2,) * (2 * k)), t, axes=(tuple(range(k, 2 * k)), tuple(pos)))
+    return jnp.moveaxis(t, tuple(range(k)), tuple(pos))
+
+
+def circuit_generators(circuit, phi):
+    """T_j = i U†∂_{φ_j}U for every circuit parameter (ravel order): shape (P_φ, 2ⁿ, 2ⁿ). Hermitian.
+
+    Fast path (every gate has at most one parameter and a PennyLane generator H_g, gate
+    = e^{iθ_g H_g}): with V_g the product of the gates up to and including gate g,
+    i U†∂_{θ_g}U = −V_g† H_g V_g, so one sweep through the circuit plus one 2ⁿ×2ⁿ product per
+    parameterized gate gives every per-gate generator; the chain rule through
+    J_gj = ∂θ_g/∂φ_j (reverse-mode Jacobian of the gate angles) gives T_j = Σ_g J_gj T_g.
+    Otherwise: one ``jax.jacfwd`` of ``circuit.unitary`` (P_φ tangents), ≈ 4× slower at n = 6.
+    """
+    found = _gate_generators(circuit, phi)
+    if found is None:
+        u = circuit.unitary(phi)
+        d = u.shape[0]
+        jac = jax.jacfwd(circuit.unitary)(phi).reshape(d, d, -1)
+        return 1j * jnp.einsum("ki,klp->pil", u.conj(), jac)
+    ops, gens = found
+    n, d = circuit.n, 2**circuit.n
+    pos_of = {w: i for i, w in enumerate(circuit.wires)}
+
+    def angles(ph):
+        return jnp.stack([jnp.asarray(op.data[0], dtype=jnp.float64) for op in circuit.operations(ph)
+                          if op.num_params == 1])
+
+    jac = jax.jacrev(angles)(phi).reshape(len(gens), -1)  # (gates, P_φ)
+    v = jnp.eye(d, dtype=jnp.complex128).reshape((2,) * n + (d,))
+    per_gate, it = [], iter(gens)
+    for op in ops:
+        pos = tuple(pos_of[w] for w in op.wires.tolist())
+        v = _apply_gate(op.matrix(), pos, v)
+        if op.num_params == 1:
+            hv = _apply_gate(next(it), pos, v).reshape(d, d)
+            per_gate.append(-(v.reshape(d, d).conj().T @ hv))
+    return jnp.einsum("gp,gkl->pkl", jac.astype(jnp.complex128), jnp.stack(per_gate))
 
 
 def circuit_bkm_matrix(gens, log_p):
