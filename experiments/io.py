@@ -58,10 +58,14 @@ def _to_builtin(obj: Any):
     return obj
 
 
-def atomic_write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(_to_builtin(obj), indent=2, allow_nan=False)
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     return _atomic_write(Path(path), lambda fh: fh.write(text.encode()))
+
+
+def atomic_write_json(path, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically (NaN/Inf become null)."""
+    return atomic_write_text(path, json.dumps(_to_builtin(obj), indent=2, allow_nan=False))
 
 
 def atomic_savefig(fig, path, **kwargs) -> Path:
