@@ -194,13 +194,15 @@ METHOD_KWARGS = {
 LINEAR_IN_LR = ("adam", "gd", "qpngd", "qng")
 
 
-def _optimizer(problem: Problem, method: str, lr: float):
+def optimizer(model, method: str, lr: float):
+    """The ``qgeom.optimize`` transformation of ``method`` (settings ``METHOD_KWARGS``) at ``lr``."""
     import qgeom.optimize as opt
 
-    kwargs = METHOD_KWARGS[method]
+    if method not in METHOD_KWARGS:
+        raise ValueError(f"unknown method {method!r}; known: {sorted(METHOD_KWARGS)}")
     if method in ("adam", "gd"):
         return getattr(opt, method)(lr)
-    return getattr(opt, method.split("-")[0])(problem.model, lr, **kwargs)
+    return getattr(opt, method.split("-")[0])(model, lr, **METHOD_KWARGS[method])
 
 
 _COMPILED: dict = {}
@@ -216,23 +218,21 @@ def _compiled(problem: Problem, method: str, lr: float | None):
     cache_key = (problem.family, method, lr)
     if cache_key in _COMPILED:
         return _COMPILED[cache_key]
+    base = transform = optimizer(problem.model, method, 1.0 if lr is None else lr)
     if lr is None:
-        base = _optimizer(problem, method, 1.0)
-        optimizer = optax.chain(base, optax.inject_hyperparams(optax.scale)(step_size=1.0))
-    else:
-        base = optimizer = _optimizer(problem, method, lr)
+        transform = optax.chain(base, optax.inject_hyperparams(optax.scale)(step_size=1.0))
     value_and_grad = jax.value_and_grad(problem.loss_fn)
 
     @jax.jit
     def step(params, state, data):
         value, grads = value_and_grad(params, data)
-        updates, state = optimizer.update(grads, state, params, value=value)
+        updates, state = transform.update(grads, state, params, value=value)
         new = optax.apply_updates(params, updates)
         finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves((grads, new))]
         ok = jnp.isfinite(value) & jnp.all(jnp.stack(finite))
         return new, state, value, ok
 
-    _COMPILED[cache_key] = optimizer, step, int(getattr(base.update, "extra_grad_evals", 0))
+    _COMPILED[cache_key] = transform, step, int(getattr(base.update, "extra_grad_evals", 0))
     return _COMPILED[cache_key]
 
 
@@ -243,10 +243,10 @@ def make_stepper(problem: Problem, method: str, lr: float) -> Stepper:
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"step size must be a finite number > 0, got {lr}")
     traced = method in LINEAR_IN_LR
-    optimizer, step, extra = _compiled(problem, method, None if traced else float(lr))
+    transform, step, extra = _compiled(problem, method, None if traced else float(lr))
 
     def init(params):
-        opt_state = optimizer.init(params)
+        opt_state = transform.init(params)
         if traced:
             opt_state[1].hyperparams["step_size"] = jnp.asarray(lr, dtype=jnp.float64)
         return params, opt_state

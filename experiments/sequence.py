@@ -1,141 +1,134 @@
 """Geometric-locality sequences: warm start from the previous optimum versus a fresh random start.
 
+Runs ``qgeom.optimize.sequence`` (``imaginary_time``, ``real_time``) for every method and
+seed, warm and cold, and summarises the points:
+
 * ``imaginary``: VQT of the TFIM ring along a β sweep (default 0.5, 1.083, 1.667, 2.25);
-  point k is σ_{β_k}, the divergence D(ρ‖σ_{β_k}) is exact.
-* ``real``: σ_0 = σ_β (β = 1); σ_k = V ρ_{k−1} V†, with V = e^{−iΔt H_zz} e^{−iΔt H_x} one
-  Trotter step of the TFIM and ρ_{k−1} the model trained at point k−1 of the warm chain
-  (the data the next fit sees come from the previous trained model with V appended).
-  Each point is fit by QMHL; the divergence is D(σ_k‖ρ). Warm and cold runs fit the same
-  targets.
+  D(ρ‖σ_{β_k}) exact at every step.
+* ``real``: σ_0 = σ_β (β = 1), fitted once by QMHL (the warm chain's start); point k fits
+  σ_k = V ρ_{k−1} V† by QMHL, V = e^{−iΔt H_zz} e^{−iΔt H_x} one Trotter step and ρ_{k−1}
+  the chain's previous trained model; D(σ_k‖ρ). The fidelity is reported with the
+  point's target and with the exactly evolved state V^k σ_0 V^{†k}.
 
-Per point, method and seed: a warm run (from the previous point's final parameters of the
-same chain) and a cold run (from a fresh random draw), ``steps`` iterations each. The
-tolerance at point k is D*_k + ``tol``, D*_k the lowest D any run reached there; the
-summary gives the steps to reach it and the final fidelity (squared) at every point.
+Each point runs ``steps`` iterations. The tolerance at point k is D*_k + ``tol``, D*_k the
+lowest D any run (warm or cold, any seed) reached there; the summary gives the steps to
+reach it and the final fidelity (squared) at every point. One resumable cell per
+(sequence, method, seed, warm/cold) chain.
 
-    qgeom sequence                                  # short: n = 4, adam + qpngd, 1 seed
+    qgeom sequence                                  # short: n = 4, Adam + QPNGD, 1 seed
     qgeom sequence --methods adam qpngd qpmd --seeds 0 1 2 --steps 400
 """
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from experiments import gibbs, learn
 from experiments import quantum_common as qc
 from experiments.io import Checkpoint, atomic_savefig, atomic_write_json, results_dir
 
-# Step sizes: the winners of the short n = 4 step-size searches (gibbs study).
+# Step sizes: the winners of the n = 4 step-size search of the gibbs study (results/gibbs/n4).
 STEP_SIZES = {"adam": 0.1, "gd": 1.0, "qpngd": 1.0, "qpngd-k": 0.3, "qpmd": 1.0, "qng": 0.3}
 DEFAULT = dict(n=[4], betas=[0.5, 1.083, 1.667, 2.25], seeds=[0], steps=100, methods=["adam", "qpngd"],
-               ansatz="he3", kinds=["imaginary", "real"], trotter_steps=4, dt=0.1, real_beta=1.0, tol=0.01,
-               max_cpu=None)
+               ansatz="he3", kinds=["imaginary", "real"], trotter_steps=4, dt=0.1, real_beta=1.0, tol=0.01)
 FULL = dict(DEFAULT, seeds=[0, 1, 2], steps=400, methods=["adam", "qpngd", "qpngd-k", "qpmd"], trotter_steps=6)
 
 
-@functools.lru_cache(maxsize=None)
-def trotter_step(n: int, dt: float, J: float = 1.0, h: float = 1.0):
-    """V = e^{−iΔt H_zz} e^{−iΔt H_x} for the TFIM ring (H_zz = −J Σ ZZ, H_x = −h Σ X)."""
-    from qgeom.quantum import hamiltonian_matrix, tfim
-
-    h_zz = hamiltonian_matrix(tfim(qc.ring(n), J=J, h=0.0))
-    h_x = hamiltonian_matrix(tfim(qc.ring(n), J=0.0, h=h))
-    return jax.scipy.linalg.expm(-1j * dt * h_zz) @ jax.scipy.linalg.expm(-1j * dt * h_x)
+def _points(result) -> list[dict]:
+    """``SequencePoint``s as plain dicts (numpy parameters) for the checkpoint."""
+    return [{"label": float(p.label), "params": jax.tree_util.tree_map(np.asarray, p.params),
+             "D": np.asarray(p.divergence, dtype=float), "fidelity": float(p.fidelity),
+             "exact_fidelity": None if p.exact_fidelity is None else float(p.exact_fidelity)} for p in result]
 
 
-def _qmhl_problem(n: int, ansatz: str, sigma, key: str) -> qc.Problem:
-    """QMHL of an arbitrary target σ (shares the learn study's compiled family)."""
-    from qgeom.quantum import entropy
+def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, start: str) -> list[dict]:
+    """One sequence (``start`` = "warm" or "cold") as a list of points, from the checkpoint if done."""
+    from qgeom.optimize import fit, sequence
+    from qgeom.quantum import gibbs_state, hamiltonian_matrix, qmhl_loss, tfim
 
-    _, model, loss_fn = learn._family(n, ansatz, 1.0, 1.0)
-    fid = qc.fidelity_fn(model, sigma)
-    return qc.Problem(key=key, family=f"qmhl/tfim-ring/n={n}/J=1/h=1/{ansatz}", model=model, loss_fn=loss_fn,
-                      data=jnp.asarray(sigma), offset=-float(entropy(sigma)), evaluate=lambda p: {"fidelity": fid(p)})
-
-
-def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, bar=None) -> dict:
-    """Warm and cold runs at every point of one sequence: ``{"warm": [trace…], "cold": [trace…]}``."""
     lr, steps = STEP_SIZES[method], config["steps"]
-    out = {"warm": [], "cold": []}
-    warm_params = None
+    model = qc.make_model(n, config["ansatz"])
+    opt = qc.optimizer(model, method, lr)
+    H = tfim(qc.ring(n))
+    key = jax.random.PRNGKey(seed)
+    common = dict(kind=kind, n=n, ansatz=config["ansatz"], method=method, settings=qc.METHOD_KWARGS[method],
+                  lr=lr, seed=seed, steps=steps)
     if kind == "imaginary":
-        points = [float(b) for b in config["betas"]]
-    else:
-        points = list(range(config["trotter_steps"] + 1))
-    sigma = None
-    for k, point in enumerate(points):
-        if kind == "imaginary":
-            prob = gibbs.problem(n, point, config["ansatz"])
-        else:
-            if k == 0:
-                prob = learn.problem(n, config["real_beta"], None, config["ansatz"])
-            else:
-                V = trotter_step(n, config["dt"])
-                rho = prob.model.density_matrix(out["warm"][-1]["params"])
-                sigma = V @ rho @ V.conj().T
-                prob = _qmhl_problem(n, config["ansatz"], sigma,
-                                     f"real/n={n}/{config['ansatz']}/beta={config['real_beta']:g}/dt={config['dt']:g}"
-                                     f"/k={k}/from={method}/seed={seed}/steps={steps}")
-        for start in ("warm", "cold"):
-            init = warm_params if (start == "warm" and warm_params is not None) else None
-            init_seed = seed if (start == "warm" or k == 0) else seed + 1000 * k
-            key = qc.cell_key(kind=kind, problem=prob.key, method=method, settings=qc.METHOD_KWARGS[method], lr=lr,
-                              seed=seed, start=start if k > 0 else "first", k=k, steps=steps, max_cpu=config["max_cpu"],
-                              chain=dict(betas=config["betas"], dt=config["dt"], real_beta=config["real_beta"]))
-            if bar is not None:
-                bar.set_postfix_str(f"{kind} {method} seed={seed} point {k} {start}")
-            trace = cells.run(key, lambda: qc.run_cell(prob, method, lr, init_seed, steps, max_cpu=config["max_cpu"],
-                                                       init_params=init))
-            out[start].append(trace)
-            if bar is not None:
-                bar.update()
-        warm_params = out["warm"][-1]["params"]
-    return {"points": points, **out}
+        cell = qc.cell_key(**common, start=start, betas=config["betas"])
+        return cells.run(cell, lambda: _points(sequence.imaginary_time(
+            model, H, config["betas"], opt, steps, tol=config["tol"], warm=start == "warm", key=key)))
+    sigma0 = gibbs_state(hamiltonian_matrix(H), config["real_beta"])
+    # σ_0 fitted once by QMHL: the warm chain's first start
+    first = cells.run(qc.cell_key(**common, start="sigma0", real_beta=config["real_beta"]), lambda: [{
+        "params": jax.tree_util.tree_map(np.asarray, fit(qmhl_loss(model, sigma0), model.init(key), opt, steps).params)}])
+    cell = qc.cell_key(**common, start=start, real_beta=config["real_beta"], dt=config["dt"],
+                       trotter_steps=config["trotter_steps"])
+    return cells.run(cell, lambda: _points(sequence.real_time(
+        model, tfim(qc.ring(n), J=1.0, h=0.0), tfim(qc.ring(n), J=0.0, h=1.0), config["dt"],
+        config["trotter_steps"], opt, steps, sigma0, tol=config["tol"], warm=start == "warm", key=key,
+        initial=first[0]["params"])))
 
 
-def _steps_to(trace, threshold):
-    hit = qc.first_reach(trace, threshold)
-    return None if hit is None else hit["iterations"]
+def _steps_to(curve, threshold):
+    hit = np.nonzero(np.nan_to_num(curve, nan=np.inf) <= threshold)[0]
+    return None if hit.size == 0 else int(hit[0])
 
 
-def summarize(chains: list[dict], tol: float) -> dict:
-    """Per point: D*_k, steps to D*_k + tol and final fidelity, warm and cold (mean over seeds)."""
-    points = chains[0]["points"]
+def summarize(chains: list[dict], tol: float, shared_targets: bool = True) -> dict:
+    """Per point: D*_k, steps to D*_k + tol, D at start, final D and fidelities, warm and cold
+    (mean over seeds; ``chains`` = [{"warm": points, "cold": points}] per seed).
+
+    With ``shared_targets`` (imaginary time) D*_k is the lowest D of any run at point k;
+    otherwise (real time: each chain's targets come from its own trained models) warm and
+    cold get their own D*_k, and the fidelity with the exact evolution compares them.
+    """
+    points = [p["label"] for p in chains[0]["warm"]]
     rows = []
     for k, point in enumerate(points):
-        d_star = min(float(np.nanmin(c[s][k]["D"])) for c in chains for s in ("warm", "cold"))
+        floors = {s: min(float(np.nanmin(c[s][k]["D"])) for c in chains) for s in ("warm", "cold")}
+        d_star = min(floors.values())
         row = {"point": point, "D_star": d_star}
         for start in ("warm", "cold"):
-            steps = [_steps_to(c[start][k], d_star + tol) for c in chains]
+            threshold = (d_star if shared_targets else floors[start]) + tol
+            steps = [_steps_to(c[start][k]["D"], threshold) for c in chains]
             ok = [s for s in steps if s is not None]
             row[start] = {
+                "D_star": threshold - tol,
                 "steps_to_tol": float(np.mean(ok)) if ok else None, "reached": f"{len(ok)}/{len(steps)}",
                 "D_at_start": float(np.mean([c[start][k]["D"][0] for c in chains])),
-                "final_D": float(np.mean([c[start][k]["D"][np.isfinite(c[start][k]["D"])][-1] for c in chains])),
-                "final_fidelity": float(np.mean([c[start][k]["fidelity"][-1] for c in chains]))}
+                "final_D": float(np.mean([c[start][k]["D"][-1] for c in chains])),
+                "final_fidelity": float(np.mean([c[start][k]["fidelity"] for c in chains]))}
+            if chains[0][start][k]["exact_fidelity"] is not None:
+                row[start]["exact_fidelity"] = float(np.mean([c[start][k]["exact_fidelity"] for c in chains]))
         rows.append(row)
     return {"points": points, "rows": rows}
 
 
 def format_table(title: str, summary: dict, tol: float) -> str:
-    lines = [f"### {title}", "", f"tolerance: D ≤ D*_k + {tol:g} (D*_k: lowest D of any run at point k)", "",
-             "| point | D*_k | warm: D at start | warm: steps to tol | warm: final F | cold: D at start "
-             "| cold: steps to tol | cold: final F |", "|---|---|---|---|---|---|---|---|"]
+    exact = "exact_fidelity" in summary["rows"][0]["warm"]
+    cols = ["D at start", "steps to tol", "final F"] + (["F vs exact evolution"] if exact else [])
+    head = ["point", "D*_k"] + [f"{s}: {c}" for s in ("warm", "cold") for c in cols]
+    note = ("D*_k: lowest D of any run at point k" if not exact else
+            "D*_k: lowest D of the warm (cold) runs at point k — their targets differ, as each comes from the "
+            "chain's own previous model; F vs exact evolution compares them")
+    lines = [f"### {title}", "", f"tolerance: D ≤ D*_k + {tol:g} ({note})", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def steps(r):
         s = "—" if r["steps_to_tol"] is None else f"{r['steps_to_tol']:.0f}"
         return s if r["reached"].split("/")[0] == r["reached"].split("/")[1] else f"{s} ({r['reached']})"
 
     for row in summary["rows"]:
-        w, c = row["warm"], row["cold"]
-        lines.append(f"| {row['point']:g} | {row['D_star']:.4f} | {w['D_at_start']:.4f} | {steps(w)} | "
-                     f"{w['final_fidelity']:.4f} | {c['D_at_start']:.4f} | {steps(c)} | {c['final_fidelity']:.4f} |")
+        cells = [f"{row['point']:g}", f"{row['D_star']:.4f}"]
+        for start in ("warm", "cold"):
+            r = row[start]
+            cells += [f"{r['D_at_start']:.4f}", steps(r), f"{r['final_fidelity']:.4f}"]
+            if exact:
+                cells.append(f"{r['exact_fidelity']:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -181,9 +174,11 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         raise ValueError(f"kinds must be a subset of ['imaginary', 'real'], got {kinds}")
     if config["trotter_steps"] < 1 or not config["dt"] > 0 or not config["tol"] > 0:
         raise ValueError("need trotter_steps >= 1, dt > 0 and tol > 0")
+    unknown = [m for m in methods if m not in STEP_SIZES]
+    if unknown:
+        raise ValueError(f"no step size for {unknown}")
     cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
-    n_points = {"imaginary": len(config["betas"]), "real": config["trotter_steps"] + 1}
-    total = len(config["n"]) * len(methods) * len(config["seeds"]) * sum(2 * n_points[k] for k in kinds)
+    total = len(config["n"]) * len(methods) * len(config["seeds"]) * 2 * len(kinds)
     bar = tqdm(total=total, desc="sequence", disable=not progress, dynamic_ncols=True)
     result = {"study": "sequence", "config": config, "step_sizes": {m: STEP_SIZES[m] for m in methods},
               "sequences": []}
@@ -192,12 +187,19 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         for kind in kinds:
             per_method = {}
             for method in methods:
-                chains = [run_chain(cells, kind, n, method, seed, config, bar) for seed in config["seeds"]]
-                per_method[method] = summarize(chains, config["tol"])
+                chains = []
+                for seed in config["seeds"]:
+                    chain = {}
+                    for start in ("warm", "cold"):
+                        bar.set_postfix_str(f"{kind} {method} seed={seed} {start}")
+                        chain[start] = run_chain(cells, kind, n, method, seed, config, start)
+                        bar.update()
+                    chains.append(chain)
+                per_method[method] = summarize(chains, config["tol"], shared_targets=kind == "imaginary")
                 title = (f"{kind}-time sequence, n={n}, {qc.LABELS.get(method, method)} "
                          f"(lr={STEP_SIZES[method]:g}, {config['steps']} steps per point)")
                 tables.append(format_table(title, per_method[method], config["tol"]))
-            xlabel = "β" if kind == "imaginary" else f"Trotter step k (Δt = {config['dt']:g})"
+            xlabel = "β" if kind == "imaginary" else f"time kΔt (Δt = {config['dt']:g})"
             plot = plot_sequence(per_method, outdir / f"sequence_{kind}_n{n}.png",
                                  f"{kind}-time sequence, TFIM ring n={n}, ansatz {config['ansatz']}", xlabel,
                                  config["steps"])
