@@ -4,11 +4,14 @@ A :class:`Circuit` wraps ``qfunc(phi)`` (any PennyLane quantum function that onl
 applies gates) with its wires and parameter shape. The gate list is recorded
 with ``qml.tape.make_qscript`` (operators without a matrix are decomposed; the
 structure must not depend on the parameter values). :meth:`Circuit.apply` then
-multiplies a (2ⁿ, C) block of state vectors by U(φ) gate by gate — each gate's
-small matrix ``op.matrix()`` contracted into the state tensor of shape
-(2,)*n + (C,), so a k-qubit gate costs O(2ᵏ·2ⁿ·C), and runs of gates diagonal in
-the Z basis (RZ, CZ, IsingZZ, PhaseShift, …) are fused into one elementwise
-phase. The unitary is ``apply(phi, I)`` — O(G·4ⁿ), never a 2ⁿ×2ⁿ matmul per gate.
+multiplies a (2ⁿ, C) block of state vectors by U(φ) without ever forming a
+2ⁿ×2ⁿ matrix per gate: the gates' small matrices (``op.matrix()``, differentiable)
+are fused (see :func:`_plan`) into one 2⁴×2⁴ matrix per block of 4 consecutive
+qubits, applied as a single contraction on the state reshaped (2ᵃ, 16, rest), and
+one elementwise 2ⁿ phase for runs of Z-diagonal gates (RZ, CZ, IsingZZ, …) that
+cross blocks. A hardware-efficient layer on n qubits thus costs n/4 small dense
+contractions plus one elementwise product over the 2ⁿ×C block. The unitary is
+``apply(phi, I)``.
 
 Reverse-mode memory: when the state block is large, consecutive segments of
 ≈√G gate steps are wrapped in ``jax.checkpoint``, so the backward pass stores
@@ -31,6 +34,7 @@ from pennylane.ops.qubit.attributes import diagonal_in_z_basis
 from qgeom.quantum.limits import check_dense
 
 CHECKPOINT_BYTES = 2**27  # checkpoint segments once a state block exceeds 128 MiB
+BLOCK = 4  # gates inside a block of BLOCK consecutive qubits are fused into one 2^BLOCK matrix
 
 
 class Circuit:
@@ -74,29 +78,11 @@ class Circuit:
         return tape.operations
 
     def _steps(self, phi):
-        """Gate steps: ("diag", full 2ⁿ phase tensor) for fused diagonal runs, ("gate", matrix, positions)."""
+        """Fused gate steps, in order: see :func:`_plan`."""
         ops = self.operations(phi)
         if tuple((op.name, tuple(op.wires.tolist())) for op in ops) != self._signature:
             raise ValueError("the circuit's gate sequence depends on the parameter values; it must be fixed")
-        n, steps, diag = self.n, [], None
-        for op in ops:
-            pos = [self._pos[w] for w in op.wires.tolist()]
-            k = len(pos)
-            if op.name in diagonal_in_z_basis:
-                d = jnp.diagonal(op.matrix()).reshape((2,) * k)
-                order = np.argsort(pos)
-                d = jnp.transpose(d, order).reshape([2 if i in pos else 1 for i in range(n)])
-                diag = d if diag is None else diag * d
-            else:
-                if diag is not None:
-                    steps.append(("diag", diag))
-                    diag = None
-                order = tuple(int(i) for i in np.argsort(pos))
-                g = jnp.transpose(op.matrix().reshape((2,) * (2 * k)), order + tuple(k + i for i in order))
-                steps.append(("gate", g, tuple(sorted(pos))))
-        if diag is not None:
-            steps.append(("diag", diag))
-        return steps
+        return _plan(ops, [[self._pos[w] for w in op.wires.tolist()] for op in ops], self.n)
 
     def apply(self, phi, states):
         """U(φ) @ states for a (2ⁿ, C) block of column vectors (or a single 2ⁿ vector)."""
@@ -107,71 +93,133 @@ class Circuit:
             states = states[:, None]
         if states.shape[0] != 2**self.n:
             raise ValueError(f"states must have leading dimension 2^{self.n} = {2**self.n}, got {states.shape}")
-        n, cols = self.n, states.shape[1]
-        steps = self._steps(phi)
-        kinds = [s[0] for s in steps]
-        wires_of = [s[2] if s[0] == "gate" else None for s in steps]
-        data = [s[1] for s in steps]
-
-        def run(data_seg, kinds_seg, wires_seg, psi):
-            for kind, d, pos in zip(kinds_seg, data_seg, wires_seg):
-                if kind == "diag":
-                    psi = psi * d[..., None]
-                else:
-                    psi = _apply_gate(d, pos, psi)
-            return psi
-
-        psi = states.reshape((2,) * n + (cols,))
-        if 16 * 2**n * cols <= CHECKPOINT_BYTES or len(steps) < 4:
-            psi = run(data, kinds, wires_of, psi)
-        else:
-            seg = math.ceil(math.sqrt(len(steps)))
-            for s in range(0, len(steps), seg):
-                ks, ws = tuple(kinds[s : s + seg]), tuple(wires_of[s : s + seg])
-                psi = jax.checkpoint(lambda ds, p, ks=ks, ws=ws: run(ds, ks, ws, p))(data[s : s + seg], psi)
-        out = psi.reshape(2**n, cols)
+        out = self._run(self._steps(phi), states)
         return out[:, 0] if vec else out
 
+    def _run(self, steps, states):
+        n, cols = self.n, states.shape[1]
+        meta = [(kind, where) for kind, _, where in steps]
+        data = [d for _, d, _ in steps]
+
+        def run(data_seg, meta_seg, psi):
+            for (kind, where), d in zip(meta_seg, data_seg):
+                psi = _APPLY[kind](d, where, psi, n)
+            return psi
+
+        if 16 * 2**n * cols <= CHECKPOINT_BYTES or len(steps) < 4:
+            psi = run(data, meta, states)
+        else:
+            seg, psi = math.ceil(math.sqrt(len(steps))), states
+            for s in range(0, len(steps), seg):
+                m = tuple(meta[s : s + seg])
+                psi = jax.checkpoint(lambda ds, p, m=m: run(ds, m, p))(data[s : s + seg], psi)
+        return psi
+
     def unitary(self, phi):
-        """U(φ) as a complex128 2ⁿ×2ⁿ matrix (jit-able, differentiable in both modes)."""
+        """U(φ) as a complex128 2ⁿ×2ⁿ matrix (jit-able, differentiable in both modes).
+
+        Leading block steps on distinct blocks (typically the first layer of single-qubit
+        gates) act on the identity as a Kronecker product ⊗_b M_b, built in one pass.
+        """
         check_dense(self.n, copies=4, what="circuit unitary")
-        return self.apply(phi, jnp.eye(2**self.n, dtype=jnp.complex128))
+        self.check_params(phi)
+        steps = self._steps(phi)
+        nblocks = -(-self.n // BLOCK)
+        lead = {}
+        for kind, m, where in steps:
+            if kind != "block" or where[0] // BLOCK in lead:
+                break
+            lead[where[0] // BLOCK] = m
+        u = jnp.ones((1, 1), dtype=jnp.complex128)
+        for b in range(nblocks):
+            size = min(BLOCK, self.n - b * BLOCK)
+            u = jnp.kron(u, lead[b] if b in lead else jnp.eye(2**size, dtype=jnp.complex128))
+        return self._run(steps[len(lead) :], u)
 
 
 jax.tree_util.register_static(Circuit)
 
 
-def _apply_gate(g, pos, psi):
-    """Apply a k-qubit gate (tensor (2,)*2k, sorted positions ``pos``) to psi of shape (2,)*n + (C,).
+def _embed(m, g, local):
+    """Left-multiply a block matrix tensor m (2,)*2s by gate tensor g (2,)*2k acting on block positions ``local``."""
+    k = len(local)
+    out = jnp.tensordot(g, m, axes=(tuple(range(k, 2 * k)), tuple(local)))
+    return jnp.moveaxis(out, tuple(range(k)), tuple(local))
 
-    For k ≤ 2 the contraction is written as 2ᵏ elementwise linear combinations of
-    slices (fusable, memory-bound); larger gates use ``tensordot``.
+
+def _plan(ops, positions, n):
+    """Fuse a gate list into steps (kind, data, where) applied left to right.
+
+    Qubit positions are cut into contiguous blocks of ``BLOCK``. Gates inside one block
+    are multiplied into that block's pending 2ˢ×2ˢ matrix (step "block", applied as one
+    dense contraction); gates diagonal in the Z basis that span blocks (CZ, IsingZZ
+    across a cut, …) or hit a block with nothing pending are multiplied into one pending
+    2ⁿ phase vector (step "diag", elementwise); other multi-block gates are steps "gate".
+    Invariant: the wires of the pending phase and of the pending block matrices are
+    disjoint, so pending pieces commute and are flushed only when a new gate overlaps.
     """
-    k, n = len(pos), psi.ndim - 1
-    if k > 2:
-        psi = jnp.tensordot(g, psi, axes=(tuple(range(k, 2 * k)), pos))
-        return jnp.moveaxis(psi, tuple(range(k)), pos)
-    # shape (2^{p_1}, 2, 2^{p_2-p_1-1}, 2, …, rest): gate axes at 1, 3, …
-    bounds = (-1,) + pos + (n,)
-    shape = []
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        shape += [2 ** (b - a - 1), 2] if b < n else [2 ** (b - a - 1) * psi.shape[-1]]
-    x = psi.reshape(shape)
-    axes = [1 + 2 * t for t in range(k)]
-    slices = {}
-    for bits in np.ndindex(*(2,) * k):
-        idx = [slice(None)] * len(shape)
-        for ax, bit in zip(axes, bits):
-            idx[ax] = bit
-        slices[bits] = x[tuple(idx)]
-    outs = {a: sum(g[a + b] * slices[b] for b in slices) for a in slices}
+    nblocks = -(-n // BLOCK)
+    size = [min(BLOCK, n - b * BLOCK) for b in range(nblocks)]
+    steps, blocks, diag, diag_wires = [], {}, None, set()
 
-    def stack(prefix, t):
-        if t == k:
-            return outs[prefix]
-        return jnp.stack([stack(prefix + (bit,), t + 1) for bit in (0, 1)], axis=axes[t] - t)
+    def flush_block(b):
+        s = size[b]
+        steps.append(("block", blocks.pop(b).reshape(2**s, 2**s), (b * BLOCK, s)))
 
-    return stack((), 0).reshape(psi.shape)
+    def flush_diag():
+        nonlocal diag
+        if diag is not None:
+            steps.append(("diag", jnp.broadcast_to(diag, (2,) * n).reshape(-1), None))
+        diag = None
+        diag_wires.clear()
+
+    for op, pos in zip(ops, positions):
+        k, bs = len(pos), {p // BLOCK for p in pos}
+        diagonal = op.name in diagonal_in_z_basis
+        b = next(iter(bs))
+        if len(bs) == 1 and (not diagonal or b in blocks):
+            block_wires = set(range(b * BLOCK, b * BLOCK + size[b]))
+            if diag_wires & block_wires:  # then b has nothing pending (invariant)
+                flush_diag()
+            if b not in blocks:
+                blocks[b] = jnp.eye(2 ** size[b], dtype=jnp.complex128).reshape((2,) * (2 * size[b]))
+            blocks[b] = _embed(blocks[b], op.matrix().reshape((2,) * (2 * k)), [p - b * BLOCK for p in pos])
+            continue
+        for bb in sorted(bs & set(blocks)):
+            flush_block(bb)
+        if diagonal:
+            d = jnp.diagonal(op.matrix()).reshape((2,) * k)
+            order = np.argsort(pos)
+            d = jnp.transpose(d, order).reshape([2 if i in pos else 1 for i in range(n)])
+            diag = d if diag is None else diag * d
+            diag_wires.update(pos)
+        else:
+            if diag_wires & set(pos):
+                flush_diag()
+            steps.append(("gate", op.matrix().reshape((2,) * (2 * k)), tuple(pos)))
+    for bb in sorted(blocks):
+        flush_block(bb)
+    flush_diag()
+    return steps
+
+
+def _apply_block(m, where, psi, n):
+    start, s = where
+    x = psi.reshape(2**start, 2**s, -1)
+    return jnp.einsum("ab,xby->xay", m, x).reshape(psi.shape)
+
+
+def _apply_diag(d, where, psi, n):
+    return psi * d[:, None]
+
+
+def _apply_gate(g, pos, psi, n):
+    k, cols = len(pos), psi.shape[-1]
+    t = jnp.tensordot(g, psi.reshape((2,) * n + (cols,)), axes=(tuple(range(k, 2 * k)), pos))
+    return jnp.moveaxis(t, tuple(range(k)), pos).reshape(psi.shape)
+
+
+_APPLY = {"block": _apply_block, "diag": _apply_diag, "gate": _apply_gate}
 
 
 def hardware_efficient(n: int, layers: int = 2) -> Circuit:
