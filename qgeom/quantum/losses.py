@@ -11,6 +11,7 @@ r"""Training losses for QHBMs (DESIGN §4).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from qgeom.quantum.limits import TRAINING_COPIES, check_dense
@@ -54,8 +55,14 @@ def qmhl_loss(model: QHBM, target):
         check_density_matrix(sigma, "target")
 
     def loss(params):
-        u = model.unitary(params)
-        q = jnp.real(jnp.sum(u.conj() * (sigma @ u), axis=0))
-        return jnp.sum(q * model.energies(params)) + model.log_partition(params)
+        return _qmhl(model, sigma, params)
 
     return loss
+
+
+@jax.jit
+def _qmhl(model: QHBM, sigma, params):
+    """Σ_x q_φ(x) E_θ(x) + log Z_θ with q_φ = diag(U†σU) (one compilation per model, any σ)."""
+    u = model.unitary(params)
+    q = jnp.real(jnp.sum(u.conj() * (sigma @ u), axis=0))
+    return jnp.sum(q * model.energies(params)) + model.log_partition(params)
