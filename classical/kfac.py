@@ -68,12 +68,17 @@ def _where(cond, a, b):
     return _tmap(lambda x, y: jnp.where(cond, x, y), a, b)
 
 
+def _gram(m):
+    """mᵀm contracting the leading axis directly (no materialised transpose)."""
+    return jax.lax.dot_general(m, m, (((0,), (0,)), ((), ())))
+
+
 def input_factor(x):
     """A = (1/N) Σ_{n,t} [x;1][x;1]ᵀ for layer inputs x of shape (N, T, d_in) (blockwise, no concat)."""
     n, t, d = x.shape
     xf = x.reshape(n * t, d)
     s = jnp.sum(xf, axis=0)[:, None]
-    top = jnp.concatenate([xf.T @ xf, s], axis=1)
+    top = jnp.concatenate([_gram(xf), s], axis=1)
     bottom = jnp.concatenate([s.T, jnp.full((1, 1), n * t, xf.dtype)], axis=1)
     return jnp.concatenate([top, bottom], axis=0) / n
 
@@ -81,8 +86,7 @@ def input_factor(x):
 def output_factor(g):
     """G = (1/(N T)) Σ_{n,t} g gᵀ for per-example pre-activation gradients g of shape (N, T, d_out)."""
     n, t, d = g.shape
-    gf = g.reshape(n * t, d)
-    return gf.T @ gf / (n * t)
+    return _gram(g.reshape(n * t, d)) / (n * t)
 
 
 class KFACState(NamedTuple):
@@ -134,6 +138,9 @@ class KFAC:
       min_damping, max_damping: clip for λ.
       inverse_period: T, steps between inverse/eigendecomposition refreshes.
       stats_period: steps between factor-statistics updates (1 = every step).
+      stats_batch_size: estimate A and G from the first ``stats_batch_size`` examples of each
+        batch only (``None`` = all). The forward pass is split so the sampled-target backward
+        pass and the factor products run on those rows alone.
       ema_decay: cap on ε_k = min(1 − 1/k, ema_decay).
       inverse: ``"tikhonov"`` (factored, π from traces) or ``"eigen"`` (exact damped block inverse).
       estimator: ``"fisher"`` (targets sampled from the model) or ``"empirical"`` (data labels).
@@ -145,7 +152,7 @@ class KFAC:
 
     def __init__(self, model, *, learning_rate=None, momentum=None, damping=150.0, l2_reg=0.0,
                  adapt_damping=True, damping_interval=5, damping_decay=19 / 20, min_damping=1e-8,
-                 max_damping=1e10, inverse_period=5, stats_period=1, ema_decay=0.95,
+                 max_damping=1e10, inverse_period=5, stats_period=1, stats_batch_size=None, ema_decay=0.95,
                  inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0):
         for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output"):
             if not hasattr(model, attr):
@@ -161,6 +168,8 @@ class KFAC:
         _period("damping_interval", damping_interval)
         _period("inverse_period", inverse_period)
         _period("stats_period", stats_period)
+        if stats_batch_size is not None:
+            _period("stats_batch_size", stats_batch_size)
         if momentum is not None and momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {momentum!r}")
         if not 0 < damping_decay < 1:
@@ -181,10 +190,11 @@ class KFAC:
         self.omega1 = float(damping_decay) ** int(damping_interval)
         self.min_damping, self.max_damping = float(min_damping), float(max_damping)
         self.inverse_period, self.stats_period = int(inverse_period), int(stats_period)
+        self.stats_batch_size = stats_batch_size
         self.ema_decay, self.inverse = float(ema_decay), inverse
         self.estimator, self.reject_damping_factor = estimator, float(reject_damping_factor)
         self.seed = seed
-        self._step_jit = jax.jit(self._fused)
+        self._step_jit = jax.jit(self._fused, donate_argnums=(1,))
         self._init_jit = jax.jit(self._init)
 
     # ------------------------------------------------------------------ state
@@ -237,7 +247,11 @@ class KFAC:
 
     # ------------------------------------------------------------- interfaces
     def step(self, params, state: KFACState, batch):
-        """One fused K-FAC step on ``batch = (x, y)``: returns (new_params, new_state, info)."""
+        """One fused K-FAC step on ``batch = (x, y)``: returns (new_params, new_state, info).
+
+        ``state`` is donated to the jitted step (its buffers are reused): continue with the
+        returned state, as with kfac-jax.
+        """
         x, y = self._check(params, batch)
         return self._step_jit(params, state, x, y)
 
@@ -279,11 +293,21 @@ class KFAC:
         key, k_sample = jax.random.split(state.key)
 
         # One forward pass; its VJP serves the data gradient and the sampled-target gradients.
-        fwd = lambda p, t: model.apply_tapped(p, x, t)  # noqa: E731
-        out, vjp_fn, inputs = jax.vjp(fwd, params, model.zero_taps(x), has_aux=True)
+        # With ``stats_batch_size`` = m < N the pass is split at row m so that the statistics
+        # (sampled backward pass, factor products) touch the first m rows only.
+        m = n if self.stats_batch_size is None else min(self.stats_batch_size, n)
+        fwd = lambda xb: lambda p, t: model.apply_tapped(p, xb, t)  # noqa: E731
+        out_s, vjp_s, inputs = jax.vjp(fwd(x[:m]), params, model.zero_taps(x[:m]), has_aux=True)
+        if m < n:
+            out_r, vjp_r, _ = jax.vjp(fwd(x[m:]), params, model.zero_taps(x[m:]), has_aux=True)
+            out = jnp.concatenate([out_s, out_r])
+        else:
+            out = out_s
         loss, ct = jax.value_and_grad(dist.mean_nll)(out, y)
         if grads is None:
-            grads = vjp_fn(ct)[0]
+            grads = vjp_s(ct[:m])[0]
+            if m < n:
+                grads = _tmap(jnp.add, grads, vjp_r(ct[m:])[0])
         grads = _tmap(lambda g, p: g + eta * p, grads, params) if eta else grads
         h = loss + 0.5 * eta * _vdot(params, params)
         ok_here = jnp.isfinite(h) & _all_finite(grads)
@@ -293,18 +317,22 @@ class KFAC:
             if self.factors == "A":
                 g = None
             elif self.estimator == "fisher":
-                ys = dist.sample(k_sample, jax.lax.stop_gradient(out))
-                g = vjp_fn(jax.grad(lambda o: jnp.sum(dist.nll(o, ys)))(out))[1]
+                ys = dist.sample(k_sample, jax.lax.stop_gradient(out_s))
+                g = vjp_s(jax.grad(lambda o: jnp.sum(dist.nll(o, ys)))(out_s))[1]
             else:
-                g = _tmap(lambda t: t * n, vjp_fn(ct)[1])
+                g = _tmap(lambda t: t * n, vjp_s(ct[:m])[1])
             k = state.n_stats + 1
             eps = jnp.minimum(1.0 - 1.0 / k.astype(F32), self.ema_decay)
             A = {l: eps * state.A[l] + (1 - eps) * input_factor(inputs[l]) for l in state.A}
             G = {l: eps * state.G[l] + (1 - eps) * output_factor(g[l]) for l in state.G}
             return A, G, k
 
-        do_stats = ok_here & (state.step % self.stats_period == 0)
-        A, G, n_stats = jax.lax.cond(do_stats, new_stats, lambda _: (state.A, state.G, state.n_stats), None)
+        keep = (state.A, state.G, state.n_stats)
+        if self.stats_period == 1:  # no conditional: XLA fuses better and copies nothing
+            A, G, n_stats = _where(ok_here, new_stats(None), keep)
+        else:
+            do_stats = ok_here & (state.step % self.stats_period == 0)
+            A, G, n_stats = jax.lax.cond(do_stats, new_stats, lambda _: keep, None)
 
         do_inverse = ok_here & ((state.step % self.inverse_period == 0) | state.refresh)
         inverse = jax.lax.cond(do_inverse, lambda _: self._inverses(A, G, lam + eta),

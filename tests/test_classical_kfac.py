@@ -46,13 +46,22 @@ def _per_example_dense_factors(net, params, x, y):
 
 @pytest.mark.parametrize("estimator", ["fisher", "empirical"])
 def test_dense_factors_equal_per_example_definitions(estimator):
+    """Also with ``stats_batch_size``: factors from the first m rows, the step from the full gradient."""
     net = mlp([5, 7, 4], "tanh", "categorical")
     params = net.init(jax.random.PRNGKey(0))
     x, y = _data(net, 12)
-    opt = KFAC(net, learning_rate=0.1, momentum=0.0, damping=1.0, estimator=estimator, adapt_damping=False)
-    _, state, _ = opt.step(params, opt.init(params), (x, y))
-    targets = y if estimator == "empirical" else _sampled_targets(opt, net, params, x)
-    A, G = _per_example_dense_factors(net, params, x, targets)
+    m = 12 if estimator == "fisher" else 5
+    opt = KFAC(net, learning_rate=0.1, momentum=0.0, damping=1.0, estimator=estimator, adapt_damping=False,
+               stats_batch_size=m)
+    new, state, _ = opt.step(params, opt.init(params), (x, y))
+    targets = y[:m] if estimator == "empirical" else _sampled_targets(opt, net, params, x)
+    A, G = _per_example_dense_factors(net, params, x[:m], targets)
+    grads = jax.grad(net.loss)(params, x, y)
+    for k in params:  # learning rate 0.1, damping 1: the update is −0.1 (A+π I)⁻¹ ∇W (G+I/π)⁻¹
+        pi = np.sqrt((np.trace(A[k]) / A[k].shape[0]) / (np.trace(G[k]) / G[k].shape[0]))
+        expected = -0.1 * np.linalg.solve(A[k] + pi * np.eye(A[k].shape[0]), np.asarray(grads[k], np.float64))
+        expected = np.linalg.solve(G[k] + np.eye(G[k].shape[0]) / pi, expected.T).T
+        np.testing.assert_allclose(new[k] - params[k], expected, rtol=1e-3, atol=1e-6)
     for k in params:
         np.testing.assert_allclose(state.A[k], A[k], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state.G[k], G[k], rtol=1e-4, atol=1e-7)
@@ -152,7 +161,9 @@ def test_quadratic_model_alpha_mu_match_bruteforce_minimisation():
     eta = 1e-3
     opt = KFAC(net, damping=0.5, l2_reg=eta, adapt_damping=False, stats_period=100, inverse_period=100)
     p1, s1, _ = opt.step(params, opt.init(params), (x, y))
+    s1_kept = jax.tree_util.tree_map(jnp.copy, s1)  # step donates its state argument
     p2, s2, info = opt.step(p1, s1, (x, y))
+    s1 = s1_kept
 
     flat1, unravel = ravel_pytree(p1)
     grad = ravel_pytree(jax.grad(lambda p: net.loss(p, x, y))(p1))[0] + eta * flat1
@@ -188,7 +199,7 @@ def test_damping_increases_when_step_overshoots():
     x, y = _data(net, 32)
     opt = KFAC(net, learning_rate=50.0, momentum=0.0, damping=1e-3, damping_interval=2)
     p1, s1, info1 = opt.step(params, opt.init(params), (x, y))
-    assert np.isnan(info1["rho"]) and s1.damping == np.float32(1e-3)  # not an adaptation step
+    assert np.isnan(info1["rho"]) and float(s1.damping) == np.float32(1e-3)  # not an adaptation step
     p2, s2, info2 = opt.step(p1, s1, (x, y))
     h_new = net.loss(p2, x, y)
     np.testing.assert_allclose(info2["rho"], (h_new - info2["loss"]) / info2["qmodel_change"], rtol=1e-3)
@@ -211,12 +222,13 @@ def test_nan_loss_rejects_step_and_raises_damping():
     # after a good step, a non-finite loss undoes that step (returns to the last good point)
     p2, s2, info2 = opt.step(p1, s1, (x, y))
     assert not bool(info2["rejected"])
+    lam2 = float(s2.damping)  # step donates its state argument
     p3, s3, info3 = opt.step(p2, s2, (bad, y))
     assert bool(info3["rejected"])
     for k in params:
         np.testing.assert_allclose(p3[k], p1[k], atol=1e-6)
         assert np.all(np.isfinite(p3[k]))
-    np.testing.assert_allclose(s3.damping, s2.damping * 10, rtol=1e-6)
+    np.testing.assert_allclose(s3.damping, lam2 * 10, rtol=1e-6)
 
 
 def test_optax_update_matches_fused_step_and_chains():
