@@ -82,15 +82,14 @@ def measure_shadows(sigma, key, shots: int, wires: Sequence | None = None) -> Sh
     check_dense(n, copies=3, what="shadow measurement simulation")
     kb, ko = jax.random.split(key)
     bases = np.asarray(jax.random.randint(kb, (shots, n), 0, 3))
-    outcomes = np.zeros((shots, n), dtype=np.int64)
     uniq, inverse = np.unique(bases, axis=0, return_inverse=True)
-    keys = jax.random.split(ko, len(uniq))
-    for u, (basis, k) in enumerate(zip(uniq, keys)):
+    probs = np.empty((len(uniq), 2**n))
+    for u, basis in enumerate(uniq):  # Born rule in each distinct basis: diag(V σ V†)
         v = np.array([[1.0]])
         for b in basis:
             v = np.kron(v, _ROTATIONS[b])
-        probs = np.clip(np.real(np.einsum("by,yz,bz->b", v, sigma, v.conj())), 0, None)
-        rows = np.flatnonzero(inverse.ravel() == u)
-        idx = np.asarray(jax.random.choice(k, 2**n, (len(rows),), p=jnp.asarray(probs / probs.sum())))
-        outcomes[rows] = (idx[:, None] >> np.arange(n - 1, -1, -1)[None, :]) & 1
+        probs[u] = np.clip(np.real(np.einsum("by,yz,bz->b", v, sigma, v.conj())), 0, None)
+    logits = jnp.log(jnp.asarray(probs / probs.sum(axis=1, keepdims=True)))[inverse.ravel()]
+    idx = np.asarray(jax.random.categorical(ko, logits))
+    outcomes = (idx[:, None] >> np.arange(n - 1, -1, -1)[None, :]) & 1
     return ShadowData(bases, outcomes, wires)
