@@ -44,7 +44,7 @@ def state_fn_of(qfunc, n):
     return jax.jit(lambda t: mat(t)[:, 0])
 
 
-PLAIN = [(11, 2, 6), (12, 3, 8), (13, 3, 10)]  # (seed, qubits, depth): Pauli rotations + entanglers
+PLAIN = [(11, 2, 6), (13, 3, 10)]  # (seed, qubits, depth): Pauli rotations + entanglers
 WITH_CONTROLLED = [(21, 2, 6), (22, 3, 8)]
 
 

@@ -12,7 +12,7 @@ from qgeom.metrics.fisher import (
 )
 from qgeom.metrics.kronecker import KroneckerEigenInverse, KroneckerFactored, KroneckerInverse, factored_damping
 from qgeom.metrics.lowrank import GradientWindow, GradientWindowInverse, LowRankPlusDiagonal, mfac, nystrom
-from qgeom.metrics.qhbm import qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study  # noqa: F401 (optimizer helper)
+from qgeom.metrics.qhbm import qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
 from qgeom.metrics.quantum import (
     FubiniStudy,
     PetzMetric,
@@ -46,6 +46,10 @@ __all__ = [
     "check_density_matrix",
     "FubiniStudy",
     "PetzMetric",
+    # structured metrics of quantum Hamiltonian-based models
+    "qhbm_bkm",
+    "qhbm_bkm_sampled",
+    "qhbm_fubini_study",
     # Kronecker-factored
     "KroneckerFactored",
     "KroneckerInverse",

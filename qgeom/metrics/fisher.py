@@ -3,8 +3,8 @@
 For a model p(y|x, θ) the Fisher metric is F = E_x E_{y∼p(·|x,θ)}[∇log p ∇log pᵀ].
 When the model is a network output z = f(θ, x) followed by an exponential-family
 likelihood in its natural parameter, F = E_x[J_xᵀ H(z) J_x] with J_x = ∂z/∂θ and H the
-Hessian of −log p in z (Martens 2020, "New insights and perspectives on the natural
-gradient method", §9) — the generalized Gauss–Newton (GGN) form, so ``mv`` needs one
+Hessian of −log p in z (Martens, "New insights and perspectives on the natural
+gradient method", JMLR 2020) — the generalized Gauss–Newton (GGN) form, so ``mv`` needs one
 JVP and one VJP and no P×P matrix:
 
 * categorical logits z:  H = diag(p) − p pᵀ, p = softmax(z);
@@ -109,9 +109,9 @@ def _check_probs(p):
 def fisher(probs_fn, params):
     """Exact Fisher of a categorical distribution p = probs_fn(params) (shape (K,)).
 
-    F = Σ_k p_k ∇log p_k ∇log p_kᵀ = Jᵀ diag(1/p) J with J = ∂p/∂θ (Amari 2016, §2.4);
-    outcomes with p_k = 0 contribute nothing (their gradient vanishes too for a smooth
-    nonnegative p). ``mv`` is one JVP and one VJP.
+    F = Σ_k p_k ∇log p_k ∇log p_kᵀ = Jᵀ diag(1/p) J with J = ∂p/∂θ (Amari 2016, "Information
+    Geometry and Its Applications"); outcomes with p_k = 0 contribute nothing (their gradient
+    vanishes too for a smooth nonnegative p). ``mv`` is one JVP and one VJP.
     """
     p = probs_fn(params)
     _check_probs(p)
