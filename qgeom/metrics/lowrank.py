@@ -186,7 +186,8 @@ class GradientWindow(Metric):
         gram = self.grads @ self.grads.T + m * damping * jnp.eye(m, dtype=self.grads.dtype)
         return GradientWindowInverse(self.grads, jnp.linalg.cholesky(gram), damping, self.params)
 
-    def solve(self, v, damping=1e-3):
+    def solve(self, v, damping):
+        """(λI + GᵀG/m)⁻¹ v by Woodbury; λ = ``damping`` must be > 0."""
         return self.inverse(damping).apply(v)
 
 
