@@ -87,7 +87,7 @@ def build(kind, seed, d, n_par):
 
 KINDS = ["sld", "bkm", "wy", "fs", "fisher", "categorical", "kron_tikhonov", "kron_eigen", "lowrank", "window"]
 # a few (dimension, parameter-count) shapes: each new shape costs XLA compilations
-sizes = dict(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from([(2, 1), (3, 3), (4, 2)]))
+sizes = dict(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from([(2, 1), (4, 3)]))
 
 
 def _like(metric):
