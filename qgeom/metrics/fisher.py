@@ -48,6 +48,10 @@ class OutputFisher(Metric):
 
     meta_fields = ("fn", "kind", "batched")
 
+    def __post_init__(self):
+        if self.kind not in _KINDS:
+            raise ValueError(f"kind must be one of {_KINDS}, got {self.kind!r}")
+
     def _like(self):
         return self.params
 
