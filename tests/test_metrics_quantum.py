@@ -249,3 +249,19 @@ def test_metrics_jit_as_pytrees():
     v = jnp.asarray([1.0, 2.0, -1.0])
     np.testing.assert_allclose(jax.jit(lambda m, v: m.mv(v))(m, v), m.dense() @ v, atol=1e-12)
     np.testing.assert_allclose(jax.jit(lambda m: m.dense())(m), m.dense(), atol=1e-12)
+
+
+def test_fully_degenerate_maximally_mixed_state():
+    """ρ(θ) = (I + Σ θ_k H̃_k)/d with traceless H̃_k: at θ = 0 every eigenvalue is equal and all
+    Petz metrics are d·Tr(∂iρ ∂jρ) = Tr(H̃_i H̃_j)/d — finite, no 0/0 from the kernel."""
+    d, n_par = 4, 3
+    gens = random_generators(10, d, n_par)
+    traceless = gens - jnp.trace(gens, axis1=1, axis2=2)[:, None, None] * jnp.eye(d) / d
+    re, im = traceless.real, traceless.imag
+
+    def rho(t):
+        return (jnp.eye(d) + jnp.tensordot(t, re, 1) + 1j * jnp.tensordot(t, im, 1)) / d
+
+    want = jnp.einsum("iab,jba->ij", traceless, traceless).real / d
+    for kind in ("sld", "bkm", "wy"):
+        np.testing.assert_allclose(petz(rho, jnp.zeros(n_par), kind).dense(), want, atol=1e-12)
