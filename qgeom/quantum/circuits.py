@@ -204,9 +204,17 @@ def _plan(ops, positions, n):
 
 
 def _apply_block(m, where, psi, n):
+    """Block matrix on positions [start, start+s): one plain GEMM with the block axis moved to the front.
+
+    (A batched contraction (A, 2ˢ, R) with the block axis in the middle compiles to many tiny
+    products on CPU and is far slower than transpose + GEMM + transpose.)
+    """
     start, s = where
-    x = psi.reshape(2**start, 2**s, -1)
-    return jnp.einsum("ab,xby->xay", m, x).reshape(psi.shape)
+    if start == 0:
+        return (m @ psi.reshape(2**s, -1)).reshape(psi.shape)
+    x = jnp.swapaxes(psi.reshape(2**start, 2**s, -1), 0, 1).reshape(2**s, -1)
+    y = (m @ x).reshape(2**s, 2**start, -1)
+    return jnp.swapaxes(y, 0, 1).reshape(psi.shape)
 
 
 def _apply_diag(d, where, psi, n):
