@@ -89,6 +89,15 @@ def output_factor(g):
     return _gram(g.reshape(n * t, d)) / (n * t)
 
 
+def _linearize(model, params, x):
+    """(output, J·(tangent params), VJP(cotangent) -> (param grads, tap grads), layer inputs) at x."""
+    taps = model.zero_taps(x)
+    out, lin, inputs = jax.linearize(lambda p, t: model.apply_tapped(p, x, t), params, taps, has_aux=True)
+    transpose = jax.linear_transpose(lin, params, taps)
+    zero = _tmap(jnp.zeros_like, taps)
+    return out, (lambda t: lin(t, zero)), transpose, inputs
+
+
 class KFACState(NamedTuple):
     """Optimizer state (a pytree). ``info`` holds the last step's diagnostics."""
 
@@ -292,22 +301,25 @@ class KFAC:
         lam = state.damping
         key, k_sample = jax.random.split(state.key)
 
-        # One forward pass; its VJP serves the data gradient and the sampled-target gradients.
+        # One forward pass, linearized: its transpose (the VJP) gives the data gradient and the
+        # sampled-target gradients, its JVP the exact curvature products — no second forward.
         # With ``stats_batch_size`` = m < N the pass is split at row m so that the statistics
         # (sampled backward pass, factor products) touch the first m rows only.
         m = n if self.stats_batch_size is None else min(self.stats_batch_size, n)
-        fwd = lambda xb: lambda p, t: model.apply_tapped(p, xb, t)  # noqa: E731
-        out_s, vjp_s, inputs = jax.vjp(fwd(x[:m]), params, model.zero_taps(x[:m]), has_aux=True)
-        if m < n:
-            out_r, vjp_r, _ = jax.vjp(fwd(x[m:]), params, model.zero_taps(x[m:]), has_aux=True)
-            out = jnp.concatenate([out_s, out_r])
-        else:
-            out = out_s
+        parts = [_linearize(model, params, x[:m])] + ([_linearize(model, params, x[m:])] if m < n else [])
+        out_s, _, vjp_s, inputs = parts[0]
+        out = jnp.concatenate([p[0] for p in parts]) if m < n else out_s
+
+        def jvp(t):
+            """J t (network output tangent) for a parameter-shaped tangent t."""
+            outs = [p[1](t) for p in parts]
+            return jnp.concatenate(outs) if m < n else outs[0]
+
         loss, ct = jax.value_and_grad(dist.mean_nll)(out, y)
         if grads is None:
             grads = vjp_s(ct[:m])[0]
             if m < n:
-                grads = _tmap(jnp.add, grads, vjp_r(ct[m:])[0])
+                grads = _tmap(jnp.add, grads, parts[1][2](ct[m:])[0])
         grads = _tmap(lambda g, p: g + eta * p, grads, params) if eta else grads
         h = loss + 0.5 * eta * _vdot(params, params)
         ok_here = jnp.isfinite(h) & _all_finite(grads)
@@ -340,12 +352,10 @@ class KFAC:
         nat = _tmap(jnp.negative, self._apply_inverse(inverse, grads, lam + eta))  # Δ = −F̃⁻¹∇h
         v0 = state.velocity
 
-        apply = lambda p: model.apply(p, x)  # noqa: E731
-
         if self.learning_rate is None:
             stacked = _tmap(lambda a, b: jnp.stack([a, b]), nat, v0)
             # Exact Fisher (= GGN) products: mean_n (J u)ᵀ H (J v) from two JVPs of the network.
-            jd, j0 = jax.vmap(lambda t: jax.jvp(apply, (params,), (t,))[1])(stacked)
+            jd, j0 = jax.vmap(jvp)(stacked)
             fdd = jnp.mean(dist.hessian_quad(out, jd, jd))
             fd0 = jnp.mean(dist.hessian_quad(out, jd, j0))
             f00 = jnp.mean(dist.hessian_quad(out, j0, j0))
@@ -378,7 +388,7 @@ class KFAC:
 
         def rho_branch(_):
             if qchange is None:
-                _, jd = jax.jvp(apply, (params,), (delta,))
+                jd = jvp(delta)
                 q = 0.5 * (jnp.mean(dist.hessian_quad(out, jd, jd)) + eta * _vdot(delta, delta)) + _vdot(grads, delta)
             else:
                 q = qchange
