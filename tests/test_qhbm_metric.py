@@ -32,8 +32,8 @@ def model_params():
 
 def test_structured_bkm_equals_generic_and_relative_entropy_hessian(model_params):
     model, params = model_params
-    g = np.asarray(qhbm_bkm(model, params).dense())
-    generic = np.asarray(bkm(model.density_matrix, params).dense())
+    g = np.asarray(jax.jit(lambda p: qhbm_bkm(model, p).dense())(params))
+    generic = _generic_bkm(model, params)
     np.testing.assert_allclose(g, generic, atol=1e-10 * np.abs(g).max())
 
     flat, unravel = ravel_pytree(params)
@@ -43,8 +43,13 @@ def test_structured_bkm_equals_generic_and_relative_entropy_hessian(model_params
         la, lb = model.log_density_matrix(unravel(a)), model.log_density_matrix(unravel(b))
         return jnp.real(jnp.trace(ra @ (la - lb)))
 
-    hess = np.asarray(jax.hessian(lambda b: rel_ent(flat, b))(flat))
+    hess = np.asarray(jax.jit(jax.hessian(lambda b: rel_ent(flat, b)))(flat))
     np.testing.assert_allclose(g, hess, atol=1e-9 * np.abs(g).max())
+
+
+def _generic_bkm(model, params):
+    """Reference: the generic Petz-BKM metric of model.density_matrix, compiled (eager is slow)."""
+    return np.asarray(jax.jit(lambda p: bkm(model.density_matrix, p).dense())(params))
 
 
 def _rot_circuit(phi):
@@ -62,13 +67,13 @@ def test_generator_paths_match_generic_bkm(circuit):
     """Per-gate generators with the chain rule (tfim_qaoa: RX(2δ), IsingZZ(2γ)) and the jacfwd fallback."""
     model = QHBM(Parity(2, 2), circuit)
     params = model.init(jax.random.PRNGKey(7))
-    g = np.asarray(qhbm_bkm(model, params).dense())
-    np.testing.assert_allclose(g, np.asarray(bkm(model.density_matrix, params).dense()), atol=1e-10 * np.abs(g).max())
+    g = np.asarray(jax.jit(lambda p: qhbm_bkm(model, p).dense())(params))
+    np.testing.assert_allclose(g, _generic_bkm(model, params), atol=1e-10 * np.abs(g).max())
 
 
 def test_cross_block_vanishes(model_params):
     model, params = model_params
-    generic = np.asarray(bkm(model.density_matrix, params).dense())
+    generic = _generic_bkm(model, params)
     n_phi = params["phi"].size  # ravel order of the dict: "phi" before "theta"
     assert np.abs(generic[:n_phi, n_phi:]).max() < 1e-12 * np.abs(generic).max()
     assert np.abs(generic[:n_phi, :n_phi]).max() > 1e-2  # the blocks themselves are not trivial
@@ -77,16 +82,16 @@ def test_cross_block_vanishes(model_params):
 def test_sampled_estimator_exact_limit_and_shots():
     model = QHBM(Parity(2, 2), hardware_efficient(2, 2))
     params = model.init(jax.random.PRNGKey(5))
-    exact = np.asarray(qhbm_bkm(model, params).dense())
-    shift_exact = np.asarray(qhbm_bkm_sampled(model, params, jax.random.PRNGKey(0), None).dense())
+    exact = np.asarray(jax.jit(lambda p: qhbm_bkm(model, p).dense())(params))
+    est = jax.jit(lambda p, key, shots: qhbm_bkm_sampled(model, p, key, shots).dense(), static_argnums=2)
+    shift_exact = np.asarray(est(params, jax.random.PRNGKey(0), None))
     np.testing.assert_allclose(shift_exact, exact, atol=1e-12)
 
-    est = jax.jit(qhbm_bkm_sampled, static_argnums=(0, 3))
     n_phi = params["phi"].size
     e_max = float(jnp.abs(model.ebm.energies(params["theta"])).max())
     errs = []
     for shots in (1_000, 100_000):
-        g = np.asarray(est(model, params, jax.random.PRNGKey(1), shots).dense())
+        g = np.asarray(est(params, jax.random.PRNGKey(1), shots))
         err = np.abs(g - exact)
         errs.append(err.max())
         # Statistical tolerance (6 standard errors): each circuit entry combines 4 shot means of
@@ -97,17 +102,20 @@ def test_sampled_estimator_exact_limit_and_shots():
     assert errs[1] < errs[0]
 
 
-def test_fubini_study_comparison_metric(model_params):
-    model, params = model_params
-    fs = qhbm_fubini_study(model, params)
-    g_phi = np.asarray(fs.blocks["phi"].dense())
-    p = model.probabilities(params)
+def test_fubini_study_comparison_metric():
+    model = QHBM(Parity(2, 2), hardware_efficient(2, 2))
+    params = model.init(jax.random.PRNGKey(8))
+    g_theta, g_phi = jax.jit(lambda q: [qhbm_fubini_study(model, q).blocks[k].dense() for k in ("theta", "phi")])(params)
     circ = model.circuit
-    ref = sum(
-        p[x] * fubini_study(lambda phi, x=x: circ.unitary(phi)[:, x], params["phi"]).dense() for x in range(2**model.n)
-    )
-    np.testing.assert_allclose(g_phi, np.asarray(ref), atol=1e-10)
-    np.testing.assert_allclose(fs.blocks["theta"].dense(), np.eye(params["theta"].size))
+
+    @jax.jit
+    def reference(q):
+        p = model.probabilities(q)
+        mats = [fubini_study(lambda phi, x=x: circ.unitary(phi)[:, x], q["phi"]).dense() for x in range(2**model.n)]
+        return sum(p[x] * m for x, m in enumerate(mats))
+
+    np.testing.assert_allclose(g_phi, np.asarray(reference(params)), atol=1e-10)
+    np.testing.assert_allclose(g_theta, np.eye(params["theta"].size))
 
 
 def test_fubini_study_single_input_matches_pennylane():
@@ -116,7 +124,7 @@ def test_fubini_study_single_input_matches_pennylane():
     model = QHBM(Parity(n, 1), hardware_efficient(n, 1))
     phi = jnp.array([[[0.3, -0.7], [1.1, 0.4]]])
     params = {"theta": jnp.full((n,), -40.0), "phi": phi}  # E = θ·s, s = +1 for bit 0: p(00) ≈ 1
-    g = np.asarray(qhbm_fubini_study(model, params).blocks["phi"].dense())
+    g = np.asarray(jax.jit(lambda q: qhbm_fubini_study(model, q).blocks["phi"].dense())(params))
 
     dev = qml.device("default.qubit", wires=n + 1)
 
