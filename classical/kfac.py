@@ -155,6 +155,8 @@ class KFAC:
       estimator: ``"fisher"`` (targets sampled from the model) or ``"empirical"`` (data labels).
       reject_damping_factor: λ multiplier on a rejected (non-finite) step.
       seed: PRNG seed for target sampling.
+      donate_state: let the fused ``step`` reuse the state's buffers (saves copying the factors
+        and inverses every step; the state passed in is then invalid, as in kfac-jax).
     """
 
     factors = "AG"
@@ -162,7 +164,8 @@ class KFAC:
     def __init__(self, model, *, learning_rate=None, momentum=None, damping=150.0, l2_reg=0.0,
                  adapt_damping=True, damping_interval=5, damping_decay=19 / 20, min_damping=1e-8,
                  max_damping=1e10, inverse_period=5, stats_period=1, stats_batch_size=None, ema_decay=0.95,
-                 inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0):
+                 inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0,
+                 donate_state=False):
         for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output"):
             if not hasattr(model, attr):
                 raise ValueError(f"model {type(model).__name__} lacks {attr!r}; use classical.models.Network "
@@ -203,7 +206,7 @@ class KFAC:
         self.ema_decay, self.inverse = float(ema_decay), inverse
         self.estimator, self.reject_damping_factor = estimator, float(reject_damping_factor)
         self.seed = seed
-        self._step_jit = jax.jit(self._fused, donate_argnums=(1,))
+        self._step_jit = jax.jit(self._fused, donate_argnums=(1,) if donate_state else ())
         self._init_jit = jax.jit(self._init)
 
     # ------------------------------------------------------------------ state
@@ -258,8 +261,8 @@ class KFAC:
     def step(self, params, state: KFACState, batch):
         """One fused K-FAC step on ``batch = (x, y)``: returns (new_params, new_state, info).
 
-        ``state`` is donated to the jitted step (its buffers are reused): continue with the
-        returned state, as with kfac-jax.
+        With ``donate_state=True`` the ``state`` argument's buffers are reused: continue with
+        the returned state only.
         """
         x, y = self._check(params, batch)
         return self._step_jit(params, state, x, y)

@@ -246,11 +246,15 @@ def test_optax_update_matches_fused_step_and_chains():
         updates, s = tx.update(grads, s, p, batch=(x, y))
         return optax.apply_updates(p, updates), s
 
+    donating = KFAC(net, damping=1.0, donate_state=True)
+    p_don, dstate = params, donating.init(params)
     for _ in range(3):
         p_fused, state, _ = opt.step(p_fused, state, (x, y))
         p_tx, tstate = train_step(p_tx, tstate)
+        p_don, dstate, _ = donating.step(p_don, dstate, (x, y))
     for k in params:
         np.testing.assert_allclose(p_fused[k], p_tx[k], rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(p_don[k], p_fused[k], rtol=1e-6, atol=1e-7)
         assert p_tx[k].dtype == jnp.float32
 
 
