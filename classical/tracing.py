@@ -63,7 +63,8 @@ def _analyse(jaxpr, n_leaves):
             head[eqn.outvars[0]] = layer
             used.add(leaf_ins[0])
             continue
-        if prim == "transpose" and isinstance(ins[0], jcore.Var) and ins[0] in head and tuple(eqn.params["permutation"]) == (1, 0):
+        is_t = prim == "transpose" and tuple(eqn.params["permutation"]) == (1, 0)
+        if is_t and isinstance(ins[0], jcore.Var) and ins[0] in head:
             layer = head[ins[0]]
             layer.tap_var, layer.tap_transposed = eqn.outvars[0], not layer.tap_transposed
             head[eqn.outvars[0]] = layer
