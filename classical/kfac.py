@@ -399,8 +399,11 @@ class KFAC:
             return (h_new - h) / q, h_new, q
 
         nan = jnp.asarray(jnp.nan, F32)
-        rho, h_new, q = jax.lax.cond(adapt, rho_branch, lambda _: (nan, nan, nan if qchange is None else qchange),
-                                     None)
+        skip = (nan, nan, nan if qchange is None else qchange)
+        if self.adapt_damping:
+            rho, h_new, q = jax.lax.cond(adapt, rho_branch, lambda _: skip, None)
+        else:  # nothing to trace or compile for ρ
+            rho, h_new, q = skip
         lam_new = jnp.where(rho > 0.75, lam * self.omega1, jnp.where(rho < 0.25, lam / self.omega1, lam))
         lam_new = jnp.where(adapt & jnp.isfinite(rho), lam_new, lam)
 
