@@ -480,6 +480,7 @@ def summarize(runs_by_method: dict, target_method="adam", horizon=2000, error_na
         mean, n = _seed_mean(runs, "train_loss")
         steps = np.asarray(runs[0]["step"][:n])
         target = float(np.nanmin(mean[steps <= horizon]))
+        horizon = int(min(horizon, steps[-1]))
     for method, runs in runs_by_method.items():
         final = lambda k: np.array([r[k][-1] for r in runs], float)  # noqa: E731
         ms = [1e3 * r["wall_time"][-1] / max(r["step"][-1], 1) for r in runs]
