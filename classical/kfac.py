@@ -147,9 +147,12 @@ class KFAC:
       min_damping, max_damping: clip for λ.
       inverse_period: T, steps between inverse/eigendecomposition refreshes.
       stats_period: steps between factor-statistics updates (1 = every step).
-      stats_batch_size: estimate A and G from the first ``stats_batch_size`` examples of each
-        batch only (``None`` = all). The forward pass is split so the sampled-target backward
-        pass and the factor products run on those rows alone.
+      curvature_batch_size: estimate all curvature — the factors A, G and the exact Fisher
+        products of the quadratic model — from the first m = ``curvature_batch_size`` examples
+        of each batch only (``None`` = all); the gradient and h(θ + δ) still use the whole batch
+        (a smaller curvature mini-batch, as in Martens 2010's Hessian-free). The forward pass is
+        split at row m so the sampled-target backward pass, the factor products and the JVPs
+        touch those rows alone.
       ema_decay: cap on ε_k = min(1 − 1/k, ema_decay).
       inverse: ``"tikhonov"`` (factored, π from traces) or ``"eigen"`` (exact damped block inverse).
       estimator: ``"fisher"`` (targets sampled from the model) or ``"empirical"`` (data labels).
@@ -163,7 +166,7 @@ class KFAC:
 
     def __init__(self, model, *, learning_rate=None, momentum=None, damping=150.0, l2_reg=0.0,
                  adapt_damping=True, damping_interval=5, damping_decay=19 / 20, min_damping=1e-8,
-                 max_damping=1e10, inverse_period=5, stats_period=1, stats_batch_size=None, ema_decay=0.95,
+                 max_damping=1e10, inverse_period=5, stats_period=1, curvature_batch_size=None, ema_decay=0.95,
                  inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0,
                  donate_state=False):
         for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output"):
@@ -180,8 +183,8 @@ class KFAC:
         _period("damping_interval", damping_interval)
         _period("inverse_period", inverse_period)
         _period("stats_period", stats_period)
-        if stats_batch_size is not None:
-            _period("stats_batch_size", stats_batch_size)
+        if curvature_batch_size is not None:
+            _period("curvature_batch_size", curvature_batch_size)
         if momentum is not None and momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {momentum!r}")
         if not 0 < damping_decay < 1:
@@ -202,7 +205,7 @@ class KFAC:
         self.omega1 = float(damping_decay) ** int(damping_interval)
         self.min_damping, self.max_damping = float(min_damping), float(max_damping)
         self.inverse_period, self.stats_period = int(inverse_period), int(stats_period)
-        self.stats_batch_size = stats_batch_size
+        self.curvature_batch_size = curvature_batch_size
         self.ema_decay, self.inverse = float(ema_decay), inverse
         self.estimator, self.reject_damping_factor = estimator, float(reject_damping_factor)
         self.seed = seed
@@ -306,17 +309,12 @@ class KFAC:
 
         # One forward pass, linearized: its transpose (the VJP) gives the data gradient and the
         # sampled-target gradients, its JVP the exact curvature products — no second forward.
-        # With ``stats_batch_size`` = m < N the pass is split at row m so that the statistics
-        # (sampled backward pass, factor products) touch the first m rows only.
-        m = n if self.stats_batch_size is None else min(self.stats_batch_size, n)
+        # With ``curvature_batch_size`` = m < N the pass is split at row m so that all curvature
+        # work (sampled backward pass, factor products, JVPs) touches the first m rows only.
+        m = n if self.curvature_batch_size is None else min(self.curvature_batch_size, n)
         parts = [_linearize(model, params, x[:m])] + ([_linearize(model, params, x[m:])] if m < n else [])
-        out_s, _, vjp_s, inputs = parts[0]
+        out_s, jvp, vjp_s, inputs = parts[0]  # jvp: J t on the curvature rows
         out = jnp.concatenate([p[0] for p in parts]) if m < n else out_s
-
-        def jvp(t):
-            """J t (network output tangent) for a parameter-shaped tangent t."""
-            outs = [p[1](t) for p in parts]
-            return jnp.concatenate(outs) if m < n else outs[0]
 
         loss, ct = jax.value_and_grad(dist.mean_nll)(out, y)
         if grads is None:
@@ -359,9 +357,9 @@ class KFAC:
             stacked = _tmap(lambda a, b: jnp.stack([a, b]), nat, v0)
             # Exact Fisher (= GGN) products: mean_n (J u)ᵀ H (J v) from two JVPs of the network.
             jd, j0 = jax.vmap(jvp)(stacked)
-            fdd = jnp.mean(dist.hessian_quad(out, jd, jd))
-            fd0 = jnp.mean(dist.hessian_quad(out, jd, j0))
-            f00 = jnp.mean(dist.hessian_quad(out, j0, j0))
+            fdd = jnp.mean(dist.hessian_quad(out_s, jd, jd))
+            fd0 = jnp.mean(dist.hessian_quad(out_s, jd, j0))
+            f00 = jnp.mean(dist.hessian_quad(out_s, j0, j0))
             dd, d0, s00 = _vdot(nat, nat), _vdot(nat, v0), _vdot(v0, v0)
             gd, g0 = _vdot(grads, nat), _vdot(grads, v0)
             c = lam + eta
@@ -392,7 +390,7 @@ class KFAC:
         def rho_branch(_):
             if qchange is None:
                 jd = jvp(delta)
-                q = 0.5 * (jnp.mean(dist.hessian_quad(out, jd, jd)) + eta * _vdot(delta, delta)) + _vdot(grads, delta)
+                q = 0.5 * (jnp.mean(dist.hessian_quad(out_s, jd, jd)) + eta * _vdot(delta, delta)) + _vdot(grads, delta)
             else:
                 q = qchange
             h_new = self._objective(new_params, x, y)

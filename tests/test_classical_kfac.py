@@ -46,13 +46,13 @@ def _per_example_dense_factors(net, params, x, y):
 
 @pytest.mark.parametrize("estimator", ["fisher", "empirical"])
 def test_dense_factors_equal_per_example_definitions(estimator):
-    """Also with ``stats_batch_size``: factors from the first m rows, the step from the full gradient."""
+    """Also with ``curvature_batch_size``: factors from the first m rows, the step from the full gradient."""
     net = mlp([5, 7, 4], "tanh", "categorical")
     params = net.init(jax.random.PRNGKey(0))
     x, y = _data(net, 12)
     m = 12 if estimator == "fisher" else 5
     opt = KFAC(net, learning_rate=0.1, momentum=0.0, damping=1.0, estimator=estimator, adapt_damping=False,
-               stats_batch_size=m)
+               curvature_batch_size=m)
     new, state, _ = opt.step(params, opt.init(params), (x, y))
     targets = y[:m] if estimator == "empirical" else _sampled_targets(opt, net, params, x)
     A, G = _per_example_dense_factors(net, params, x[:m], targets)
@@ -154,12 +154,15 @@ def _dense_ggn(net, params, x):
     return np.einsum("nkp,nkl,nlq->pq", J, H, J) / x.shape[0]
 
 
-def test_quadratic_model_alpha_mu_match_bruteforce_minimisation():
+@pytest.mark.parametrize("m", [None, 6])
+def test_quadratic_model_alpha_mu_match_bruteforce_minimisation(m):
+    """Exact F (jax.jacobian/jax.hessian) on the curvature rows (all, or the first m), gradient on all rows."""
     net = mlp([4, 5, 3], "tanh", "categorical")
     params = net.init(jax.random.PRNGKey(4))
     x, y = _data(net, 10)
     eta = 1e-3
-    opt = KFAC(net, damping=0.5, l2_reg=eta, adapt_damping=False, stats_period=100, inverse_period=100)
+    opt = KFAC(net, damping=0.5, l2_reg=eta, adapt_damping=False, stats_period=100, inverse_period=100,
+               curvature_batch_size=m)
     p1, s1, _ = opt.step(params, opt.init(params), (x, y))
     s1_kept = jax.tree_util.tree_map(jnp.copy, s1)  # step donates its state argument
     p2, s2, info = opt.step(p1, s1, (x, y))
@@ -169,7 +172,7 @@ def test_quadratic_model_alpha_mu_match_bruteforce_minimisation():
     grad = ravel_pytree(jax.grad(lambda p: net.loss(p, x, y))(p1))[0] + eta * flat1
     nat = -ravel_pytree(opt.precondition(s1, unravel(grad)))[0]
     d0 = ravel_pytree(s1.velocity)[0]
-    C = _dense_ggn(net, p1, x) + (0.5 + eta) * np.eye(flat1.size)
+    C = _dense_ggn(net, p1, x[:m]) + (0.5 + eta) * np.eye(flat1.size)
     g, nat, d0 = (np.asarray(v, np.float64) for v in (grad, nat, d0))
 
     def M(z):
