@@ -55,10 +55,12 @@ def _optax_stepper(problem, tx):
     return make, lambda p, s, b, t: step(p, s, b)
 
 
-def _ours_stepper(problem, adaptive, period, lr, momentum, damping):
+def _ours_stepper(problem, adaptive, period, lr, momentum, damping, curvature_batch_size=None):
     from classical.kfac import KFAC
 
     kw = {} if adaptive else {"learning_rate": lr, "momentum": momentum, "adapt_damping": False}
+    if curvature_batch_size:
+        kw["curvature_batch_size"] = curvature_batch_size
     opt = KFAC(problem.net, damping=damping, l2_reg=problem.l2, inverse_period=period, damping_interval=5,
                ema_decay=0.95, min_damping=1e-5, max_damping=1000.0, **kw)
 
@@ -103,6 +105,8 @@ def build(args, problem, batches):
         "kfac-fixed": _ours_stepper(problem, False, period, lr, mom, damp),
         "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp),
     }
+    if args.curvature_batch_size:  # ours only: kfac-jax has no curvature sub-batch (not an equal setting)
+        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, args.curvature_batch_size)
     if kc.kfac_jax_available() and not args.no_kfac_jax:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
             make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp)
@@ -196,6 +200,8 @@ def main(argv=None):
     ap.add_argument("--momentum", type=float, default=0.9, help="fixed K-FAC momentum")
     ap.add_argument("--damping", type=float, default=150.0, help="(initial) K-FAC damping")
     ap.add_argument("--sgd-lr", type=float, default=1e-2)
+    ap.add_argument("--curvature-batch-size", type=int, default=None,
+                    help="also time our fixed-lr K-FAC with curvature on this sub-batch (kfac-fixed-sub)")
     ap.add_argument("--no-kfac-jax", action="store_true", help="skip kfac-jax even if installed")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
