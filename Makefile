@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/qgeom demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --durations=15
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
