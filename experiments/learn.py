@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from experiments import quantum_common as qc
-from experiments.io import Checkpoint, atomic_write_json, results_dir
+from experiments.io import Checkpoint, results_dir
 
 DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], seeds=[0, 1], steps=150, search_steps=60,
                methods=list(qc.GRIDS), ansatz="he3", grid="short", max_cpu=None, data_seed=1234)
@@ -109,10 +109,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                 "n_params": qc.n_params(prob.model), "D_star": d_star, "search": search,
                 "methods": per_method, "plot": str(plot)})
     bar.close()
-    summary["table"] = "\n\n".join(tables)
-    atomic_write_json(outdir / "summary.json", summary)
-    (outdir / "summary.md").write_text(summary["table"] + "\n")
-    return summary
+    return qc.write_summary(outdir, summary, tables)
 
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:

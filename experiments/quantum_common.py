@@ -31,6 +31,7 @@ import numpy as np
 import optax
 
 import qgeom  # noqa: F401  (enables float64)
+from experiments.io import atomic_write_json, atomic_write_text
 
 # The step-size grids: the same number of values for every method (equal search budget).
 # Centres follow the usual scales: Adam ~1e-2, plain gradient ~0.1–1, natural gradient
@@ -662,3 +663,11 @@ def resolve_config(args, default: dict, full: dict) -> dict:
     if "seeds" in config and not config["seeds"]:
         raise ValueError("need at least one seed")
     return config
+
+
+def write_summary(outdir, summary: dict, tables: list[str]) -> dict:
+    """Join ``tables`` into ``summary["table"]``; write summary.json and summary.md atomically."""
+    summary["table"] = "\n\n".join(tables)
+    atomic_write_json(outdir / "summary.json", summary)
+    atomic_write_text(outdir / "summary.md", summary["table"] + "\n")
+    return summary

@@ -28,7 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from experiments import quantum_common as qc
-from experiments.io import Checkpoint, atomic_savefig, atomic_write_json, results_dir
+from experiments.io import Checkpoint, atomic_savefig, results_dir
 
 # Step sizes: the winners of the n = 4 step-size search of the gibbs study (results/gibbs/n4).
 STEP_SIZES = {"adam": 0.1, "gd": 0.1, "qpngd": 1.0, "qpngd-k": 0.3, "qpmd": 1.0, "qng": 0.1}
@@ -205,10 +205,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                                  config["steps"])
             result["sequences"].append({"kind": kind, "n": n, "methods": per_method, "plot": str(plot)})
     bar.close()
-    result["table"] = "\n\n".join(tables)
-    atomic_write_json(outdir / "summary.json", result)
-    (outdir / "summary.md").write_text(result["table"] + "\n")
-    return result
+    return qc.write_summary(outdir, result, tables)
 
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
