@@ -162,21 +162,11 @@ class Network:
 
     def check_params(self, params):
         """``ValueError`` unless ``params`` is a dict with exactly this network's layer matrices."""
-        if not isinstance(params, dict) or set(params) != set(self.names):
-            got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"params must be a dict with keys {list(self.names)}, got {got}")
-        for name, shape in self.layer_shapes.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(f"params[{name!r}] has shape {tuple(params[name].shape)}, expected {shape}")
+        check_layer_params(self, params)
 
     def check_batch(self, x, y=None):
         """``ValueError`` unless x is (N, *input_shape) and y fits the output distribution."""
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"inputs must have shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
-        if y is not None:
-            if y.shape[:1] != x.shape[:1]:
-                raise ValueError(f"batch size mismatch: {x.shape[0]} inputs but {y.shape[0]} targets")
-            self.output.check_targets((x.shape[0], *self.output_shape), y)
+        check_network_batch(self, x, y)
 
     def zero_taps(self, x):
         """Zero perturbations {name: (N, T, d_out)} for ``apply_tapped``."""
@@ -239,3 +229,23 @@ def autoencoder(output="bernoulli"):
     sizes = [784, 1000, 500, 250, 30, 250, 500, 1000, 784]
     acts = ["tanh", "tanh", "tanh", "linear", "tanh", "tanh", "tanh", "linear"]
     return mlp(sizes, acts, output)
+
+
+def check_layer_params(net, params, hint: str = "") -> None:
+    """``ValueError`` unless ``params`` is a dict with exactly ``net.names`` and ``net.layer_shapes``."""
+    if not isinstance(params, dict) or set(params) != set(net.names):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be a dict with keys {list(net.names)}{hint}, got {got}")
+    for name, shape in net.layer_shapes.items():
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"params[{name!r}] has shape {tuple(params[name].shape)}, expected {shape}")
+
+
+def check_network_batch(net, x, y=None) -> None:
+    """``ValueError`` unless x is (N, *net.input_shape) and y fits ``net.output``."""
+    if tuple(x.shape[1:]) != net.input_shape:
+        raise ValueError(f"inputs must have shape (N, {', '.join(map(str, net.input_shape))}), got {x.shape}")
+    if y is not None:
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"batch size mismatch: {x.shape[0]} inputs but {y.shape[0]} targets")
+        net.output.check_targets((x.shape[0], *net.output_shape), y)

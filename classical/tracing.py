@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax.extend import core as jcore
 
 from classical.distributions import get_distribution
-from classical.models import DTYPE
+from classical.models import DTYPE, check_layer_params, check_network_batch
 
 _BIAS_CHAIN = ("broadcast_in_dim", "reshape", "convert_element_type", "expand_dims")
 
@@ -167,20 +167,10 @@ class TracedModel:
 
     # --- Network interface ----------------------------------------------------------------
     def check_params(self, params):
-        if not isinstance(params, dict) or set(params) != set(self.names):
-            got = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"params must be a dict with keys {list(self.names)} (use to_ours), got {got}")
-        for name, shape in self._shapes.items():
-            if tuple(params[name].shape) != shape:
-                raise ValueError(f"params[{name!r}] has shape {tuple(params[name].shape)}, expected {shape}")
+        check_layer_params(self, params, hint=" (use to_ours)")
 
     def check_batch(self, x, y=None):
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(f"inputs must have shape (N, {', '.join(map(str, self.input_shape))}), got {x.shape}")
-        if y is not None:
-            if y.shape[:1] != x.shape[:1]:
-                raise ValueError(f"batch size mismatch: {x.shape[0]} inputs but {y.shape[0]} targets")
-            self.output.check_targets((x.shape[0], *self.output_shape), y)
+        check_network_batch(self, x, y)
 
     def zero_taps(self, x):
         return {name: jnp.zeros((x.shape[0], 1, s[1]), DTYPE) for name, s in self._shapes.items()}

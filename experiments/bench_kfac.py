@@ -41,13 +41,7 @@ from experiments import kfac_common as kc
 
 
 def _optax_stepper(problem, tx):
-    vg = jax.value_and_grad(problem.loss)
-
-    @jax.jit
-    def step(params, state, batch):
-        loss, grads = vg(params, batch)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
+    step = kc.optax_step(problem, tx)
 
     def make(params):
         return params, tx.init(params)

@@ -188,7 +188,8 @@ class Method:
     warmed: bool = False
 
 
-def _optax_method(name, problem, tx, hparams) -> Method:
+def optax_step(problem, tx):
+    """Jitted ``step(params, state, batch) -> (params, state, loss)`` for an optax transformation."""
     vg = jax.value_and_grad(problem.loss)
 
     @jax.jit
@@ -197,6 +198,11 @@ def _optax_method(name, problem, tx, hparams) -> Method:
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
+    return step
+
+
+def _optax_method(name, problem, tx, hparams) -> Method:
+    step = optax_step(problem, tx)
     return Method(name, hparams, lambda params, key, batch_at: (params, tx.init(params)), lambda p, s, b, key, t: step(p, s, b))
 
 
