@@ -66,7 +66,7 @@ def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "he3", 
     data = measure_shadows(sigma, jax.random.PRNGKey(data_seed), int(shots), wires=model.wires)
     loss = qc.jitted_loss(qc.Problem("", family, model, loss_fn))
     return qc.Problem(key=f"{family}/beta={beta:g}/shots={shots}/data_seed={data_seed}", family=family,
-                      model=model, loss_fn=loss_fn, data=jnp.asarray(data.estimate()),
+                      model=model, loss_fn=loss_fn, data=jnp.asarray(data.physical_estimate()),
                       divergence=lambda p: loss(p, sigma) + neg_entropy,
                       evaluate=lambda p: {"fidelity": fid(p)})
 

@@ -91,7 +91,7 @@ def test_shadow_estimate_converges_with_stated_tolerance(shadow_problem):
     shots = 100_000
     data = measure_shadows(sigma, jax.random.PRNGKey(0), shots)
     exact = qmhl_loss(model, sigma)(params)
-    est = qmhl_loss(model, data)(params)
+    est = qmhl_loss(model, data, estimator="unbiased")(params)
     # per-snapshot values ℓ_s = Tr(σ̂_s O), O = −log ρ: their std gives the standard error of the mean
     o = -np.asarray(model.log_density_matrix(params))
     ell = np.real(np.einsum("sab,ba->s", np.asarray(data.snapshots()), o))
@@ -99,7 +99,7 @@ def test_shadow_estimate_converges_with_stated_tolerance(shadow_problem):
     se = ell.std() / np.sqrt(shots)
     assert abs(est - exact) < 5 * se  # 5 standard errors
     # and the state estimate itself: entries within 5 standard errors (|snapshot entries| ≤ 2^n·(3/2)^n·…)
-    np.testing.assert_allclose(data.estimate(), sigma, atol=5 * 2.5 / np.sqrt(shots) * 2)
+    np.testing.assert_allclose(data.unbiased_estimate(), sigma, atol=5 * 2.5 / np.sqrt(shots) * 2)
 
 
 def test_shadow_loss_and_gradient_are_unbiased(shadow_problem):
@@ -109,7 +109,7 @@ def test_shadow_loss_and_gradient_are_unbiased(shadow_problem):
     reps, shots = 200, 200
     values, grads = [], []
     for r in range(reps):
-        loss = qmhl_loss(model, measure_shadows(sigma, jax.random.PRNGKey(100 + r), shots))
+        loss = qmhl_loss(model, measure_shadows(sigma, jax.random.PRNGKey(100 + r), shots), estimator="unbiased")
         values.append(loss(params))
         grads.append(ravel_pytree(jax.grad(loss)(params))[0])
     values, grads = np.array(values), np.array(grads)

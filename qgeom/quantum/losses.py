@@ -4,9 +4,11 @@ r"""Training losses for QHBMs (DESIGN §4).
   L(θ,φ) = β Tr(ρH) − S(ρ) = D(ρ‖σ_β) − log Z_β ≥ −log Z_β, equality iff ρ = σ_β.
 * Hamiltonian learning (QMHL): L(θ,φ) = −Tr(σ log ρ) = Σ_x q_φ(x) E_θ(x) + log Z_θ,
   q_φ(x) = ⟨x|U(φ)†σU(φ)|x⟩, from a density matrix σ or from measurement data
-  (:class:`~qgeom.quantum.shadows.ShadowData`: the loss is linear in σ, so plugging in
-  the unbiased classical-shadow estimate σ̂ gives an unbiased estimate of the loss and
-  of its gradient at every (θ, φ)).
+  (:class:`~qgeom.quantum.shadows.ShadowData`). The loss is linear in σ, so the unbiased
+  classical-shadow estimate σ̂ gives an unbiased loss and gradient at every (θ, φ) — but
+  σ̂ is not positive and that loss is unbounded below (few shots overfit without limit);
+  the default is the nearest density matrix to σ̂ (Smolin–Gambetta–Smith), with which
+  L ≥ S(σ̃) is bounded below.
 """
 
 from __future__ import annotations
@@ -36,18 +38,22 @@ def vqt_loss(model: QHBM, H, beta):
     return loss
 
 
-def qmhl_loss(model: QHBM, target):
+def qmhl_loss(model: QHBM, target, estimator: str = "physical"):
     """``loss(params)`` = −Tr(σ log ρ_params) = Σ_x q_φ(x) E_θ(x) + log Z_θ.
 
     ``target``: a density matrix σ (2ⁿ×2ⁿ; trace 1, Hermitian, PSD, else ``ValueError``)
     for the exact loss, or :class:`~qgeom.quantum.shadows.ShadowData` measured on copies
-    of σ, for the unbiased sample-based estimate (σ replaced by the shadow estimate σ̂).
+    of σ, with σ replaced (once, here) by ``estimator``: ``"physical"`` — the nearest
+    density matrix to the shadow estimate (well-posed, biased) — or ``"unbiased"`` — the
+    raw shadow estimate σ̂ (unbiased loss and gradient, unbounded below).
     """
     check_dense(model.n, TRAINING_COPIES, "QMHL loss and gradient")
+    if estimator not in ("physical", "unbiased"):
+        raise ValueError(f"estimator must be 'physical' or 'unbiased', got {estimator!r}")
     if isinstance(target, ShadowData):
         if list(target.wires) != list(model.wires):
             raise ValueError(f"shadow data measured on wires {list(target.wires)}, model wires {list(model.wires)}")
-        sigma = target.estimate()
+        sigma = target.physical_estimate() if estimator == "physical" else target.unbiased_estimate()
     else:
         sigma = jnp.asarray(target, dtype=jnp.complex128)
         if sigma.shape != (2**model.n, 2**model.n):
