@@ -30,13 +30,13 @@ from experiments import quantum_common as qc
 from experiments.io import Checkpoint, results_dir
 
 DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
-               ansatz="he3", grid="short", max_cpu=None)
+               ansatz="cx3", grid="short", max_cpu=None)
 FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=20000, search_steps=300,
-            methods=list(qc.GRIDS), ansatz="he3", grid="full", max_cpu=60.0)
+            methods=list(qc.GRIDS), ansatz="cx3", grid="full", max_cpu=60.0)
 
 
 @functools.lru_cache(maxsize=None)
-def problem(n: int, beta: float, ansatz: str = "he3", J: float = 1.0, h: float = 1.0) -> qc.Problem:
+def problem(n: int, beta: float, ansatz: str = "cx3", J: float = 1.0, h: float = 1.0) -> qc.Problem:
     """The VQT problem for the TFIM ring (cached, so its jitted steps are reused)."""
     from qgeom.quantum import gibbs_state, log_partition, vqt_loss
 

@@ -25,6 +25,7 @@ def _custom(phi):
 
 CIRCUITS = {
     "hardware_efficient": hardware_efficient(5, 2),
+    "hardware_efficient_cnot": hardware_efficient(5, 2, rotations=("RY", "RZ"), entangler="CNOT"),
     "tfim_qaoa_ring": tfim_qaoa(nx.cycle_graph(4), 3),
     "tfim_qaoa_grid": tfim_qaoa(nx.grid_2d_graph(2, 2), 2),
     "custom": Circuit(_custom, ["a", "b", "c"], (15,)),
@@ -48,7 +49,7 @@ def _scalar(c):
     return jax.jit(lambda phi: jnp.sum(h * jnp.abs(c.unitary(phi)[:, 1]) ** 2))
 
 
-@pytest.mark.parametrize("name", ["hardware_efficient", "custom"])
+@pytest.mark.parametrize("name", ["hardware_efficient", "hardware_efficient_cnot", "custom"])
 def test_gradient_vs_finite_differences_and_forward_mode(name):
     c = CIRCUITS[name]
     f = _scalar(c)
@@ -108,3 +109,10 @@ def test_bad_circuits_raise():
         Circuit(lambda phi: qml.RX(phi[0], wires=5), [0, 1], (1,))
     with pytest.raises(ValueError, match="GiB"):
         hardware_efficient(20, 1).unitary(jnp.zeros((1, 20, 2)))
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(rotations=("RW",)), "rotations"), (dict(rotations=()), "rotations"),
+                                           (dict(entangler="iSWAP"), "entangler")])
+def test_hardware_efficient_rejects_unknown_gates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        hardware_efficient(3, 1, **kwargs)
