@@ -190,14 +190,7 @@ METHOD_KWARGS = {
 }
 
 
-# Methods whose update is linear in the step size (δ = η·d with d independent of η) are
-# compiled once per problem with η as a traced hyperparameter: base(1.0) followed by
-# optax.scale(η). QPMD (η enters the inner objective) and the LM-adapted QPNGD (η enters
-# the predicted reduction) are compiled once per step size.
-LINEAR_IN_LR = ("adam", "gd", "qpngd", "qng")
-
-
-def optimizer(model, method: str, lr: float):
+def optimizer(model, method: str, lr):
     """The ``qgeom.optimize`` transformation of ``method`` (settings ``METHOD_KWARGS``) at ``lr``."""
     import qgeom.optimize as opt
 
@@ -211,31 +204,20 @@ def optimizer(model, method: str, lr: float):
 _COMPILED: dict = {}
 
 
-def _compiled(problem: Problem, method: str, lr: float | None):
-    """(optimizer, jitted step, extra gradient evaluations per step), cached per
-    (problem family, method, step size); ``lr=None`` = step size traced in the state.
+def _compiled(problem: Problem, method: str):
+    """(optimizer, jitted step, extra gradient evaluations per step), cached per (problem
+    family, method): the step size is a hyperparameter in the state
+    (``optax.inject_hyperparams``) and the problem's data an argument of
+    ``qgeom.optimize.make_step``'s step, so the whole step-size grid and every problem of
+    the family share one compile."""
+    from qgeom.optimize import make_step
 
-    The step is ``qgeom.optimize.make_step``'s with the problem's data as an argument:
-    (params, state, data) → (new params, state, L(params), all finite).
-    """
-    cache_key = (problem.family, method, lr)
-    if cache_key in _COMPILED:
-        return _COMPILED[cache_key]
-    base = transform = optimizer(problem.model, method, 1.0 if lr is None else lr)
-    if lr is None:
-        transform = optax.chain(base, optax.inject_hyperparams(optax.scale)(step_size=1.0))
-    value_and_grad = jax.value_and_grad(problem.loss_fn)
-
-    @jax.jit
-    def step(params, state, data):
-        value, grads = value_and_grad(params, data)
-        updates, state = transform.update(grads, state, params, value=value)
-        new = optax.apply_updates(params, updates)
-        finite = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves((grads, new))]
-        ok = jnp.isfinite(value) & jnp.all(jnp.stack(finite))
-        return new, state, value, ok
-
-    _COMPILED[cache_key] = transform, step, int(getattr(base.update, "extra_grad_evals", 0))
+    cache_key = (problem.family, method)
+    if cache_key not in _COMPILED:
+        transform = optax.inject_hyperparams(lambda learning_rate: optimizer(problem.model, method, learning_rate))(
+            learning_rate=1.0)
+        extra = int(getattr(optimizer(problem.model, method, 1.0).update, "extra_grad_evals", 0))
+        _COMPILED[cache_key] = transform, make_step(problem.loss_fn, transform), extra
     return _COMPILED[cache_key]
 
 
@@ -245,22 +227,19 @@ def make_stepper(problem: Problem, method: str, lr: float) -> Stepper:
         raise ValueError(f"unknown method {method!r}; known: {sorted(METHOD_KWARGS)}")
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"step size must be a finite number > 0, got {lr}")
-    traced = method in LINEAR_IN_LR
-    transform, step, extra = _compiled(problem, method, None if traced else float(lr))
+    transform, step, extra = _compiled(problem, method)
 
     def init(params):
         opt_state = transform.init(params)
-        if traced:
-            opt_state[1].hyperparams["step_size"] = jnp.asarray(lr, dtype=jnp.float64)
+        opt_state.hyperparams["learning_rate"] = jnp.asarray(lr, dtype=jnp.float64)
         return params, opt_state
 
     def do(state):
         params, opt_state = state
         new, opt_state, value, ok = step(params, opt_state, problem.data)
         info = {"loss": value, "ok": ok, "grad_evals": 1 + extra}
-        inner = opt_state[0] if traced else opt_state
-        if hasattr(inner, "refreshes"):
-            info["metric_evals"] = inner.refreshes
+        if hasattr(opt_state.inner_state, "refreshes"):
+            info["metric_evals"] = opt_state.inner_state.refreshes
         return (new, opt_state), info
 
     return Stepper(init, do, lambda state: state[0])

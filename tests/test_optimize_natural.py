@@ -148,3 +148,27 @@ def test_non_finite_gradient_is_rejected():
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):
         natural_gradient(lambda p: DenseMetric(jnp.eye(1), p), **kwargs)
+
+
+@pytest.mark.parametrize("factory", ["qpngd", "qpmd"])
+def test_step_size_injected_as_traced_hyperparameter(setup, factory):
+    """optax.inject_hyperparams: one compile for every step size, same step as a fixed η."""
+    from qgeom.optimize import qpmd
+
+    model, params, loss = setup
+    make = {"qpngd": lambda learning_rate: qpngd(model, learning_rate, damping=0.1, shift=0.0),
+            "qpmd": lambda learning_rate: qpmd(model, learning_rate, inner_steps=5, inner_lr=0.05)}[factory]
+    injected = optax.inject_hyperparams(make)(learning_rate=1.0)
+    grads = jax.grad(loss)(params)
+
+    @jax.jit
+    def injected_step(lr):
+        state = injected.init(params)
+        state.hyperparams["learning_rate"] = lr
+        return ravel_pytree(injected.update(grads, state, params)[0])[0]
+
+    for lr in (0.05, 0.4):
+        fixed = make(lr)
+        expected = ravel_pytree(fixed.update(grads, fixed.init(params), params)[0])[0]
+        np.testing.assert_allclose(injected_step(jnp.asarray(lr)), expected, rtol=1e-9, atol=1e-12)
+    assert injected_step._cache_size() == 1

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import math
 
+import jax
+
 
 def check_positive(name, value, allow_zero=False):
-    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0 with ``allow_zero``)."""
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0 (or >= 0 with ``allow_zero``).
+
+    A traced value (a hyperparameter injected by ``optax.inject_hyperparams`` and updated
+    inside ``jit``) is returned unchanged: it was checked when it entered the state.
+    """
+    if isinstance(value, jax.core.Tracer):
+        return value
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -27,6 +35,6 @@ def check_count(name, value, minimum=1):
 def check_alpha(alpha):
     """Raise ``ValueError`` unless 0 <= alpha <= 1."""
     a = check_positive("alpha", alpha, allow_zero=True)
-    if a > 1:
+    if not isinstance(a, jax.core.Tracer) and a > 1:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
     return a

@@ -121,7 +121,7 @@ def mirror_descent(divergence, learning_rate=0.1, alpha=0.5, inner_steps=100, in
     inner_steps = check_count("inner_steps", inner_steps)
     if inner_optimizer is None:
         inner_optimizer = optax.adam(check_positive("inner_lr", inner_lr))
-    if alpha == 0:
+    if not isinstance(alpha, jax.core.Tracer) and alpha == 0:
         warnings.warn("mirror descent with alpha=0: the inner problem has no minimiser (states drift to "
                       "pure); only the finite inner loop keeps the step local", stacklevel=2)
 

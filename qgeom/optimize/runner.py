@@ -39,13 +39,15 @@ class FitResult:
 
 
 def make_step(loss, optimizer):
-    """The jitted step (params, state) → (new_params, new_state, L(params), ok).
+    """The jitted step (params, state, *data) → (new_params, new_state, L(params, *data), ok).
 
-    ``ok`` is False when L, ∇L or the new parameters are not finite.
+    ``loss(params, *data)``: extra arguments (a target state, β, shot data) are traced, so
+    one compile serves every value. ``ok`` is False when L, ∇L or the new parameters are
+    not finite.
     """
 
-    def step(params, state):
-        value, grads = jax.value_and_grad(loss)(params)
+    def step(params, state, *data):
+        value, grads = jax.value_and_grad(loss)(params, *data)
         updates, state = optimizer.update(grads, state, params, value=value)
         new = optax.apply_updates(params, updates)
         ok = jnp.isfinite(value) & _all_finite(grads, new)
