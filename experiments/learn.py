@@ -5,17 +5,23 @@ Target: σ_β = e^{−βH}/Z, H the TFIM ring (J = h = 1). Loss: L(ρ) = −Tr(�
 
 * ``exact``: L from the density matrix σ; D is exact at every iterate.
 * ``shots=S``: L from S classical-shadow measurements of σ (random local Pauli bases;
-  ``qgeom.quantum.measure_shadows``): σ replaced by the unbiased estimate σ̂, which is not
-  positive, so the empirical loss is unbounded below and few shots overfit. D(σ‖ρ) is
-  then evaluated exactly on the side (an oracle the learner does not have).
+  ``qgeom.quantum.measure_shadows``) with σ replaced, once before training, by an
+  ``estimator``: ``physical`` — the density matrix nearest to the shadow estimate σ̂
+  (Smolin–Gambetta–Smith; the loss is bounded below) — or ``unbiased`` — σ̂ itself, which
+  is not positive, so the empirical loss is unbounded below and few shots overfit without
+  limit. D(σ‖ρ) and the fidelity are evaluated exactly on the side (an oracle the learner
+  does not have).
 
 Every method gets the same step-size search (on the exact problem, one seed; winner =
 lowest mean D over the last tenth) and runs at its winner on every problem and seed.
-Fidelity F(ρ, σ) (squared) at sparse iterates.
+Fidelity F(ρ, σ) (squared) at sparse iterates. Per (n, β) the summary tabulates the final
+D(σ‖ρ) and fidelity (mean ± std over seeds) per method against the shot count, and plots
+final D and fidelity versus shots (``final_vs_shots_*.png``).
 
     qgeom learn                              # short: n = 4, β = 1, exact + 1000 shots
-    qgeom learn --shots 100 1000 10000 --seeds 0 1 2 --steps 800
-    qgeom learn --full                       # n = 4, 6 × β = 0.5, 1, 2, shots 100…100000
+    qgeom learn --shots 100 1000 10000 --seeds 0 1 2 --steps 400
+    qgeom learn --shots 100 1000 --estimators physical unbiased
+    qgeom learn --full                       # n = 4, 6 × β = 0.5, 1, 2, shots 100…100000, both estimators
 """
 
 from __future__ import annotations
@@ -25,15 +31,19 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm.auto import tqdm
 
+from experiments import quantum_cli
 from experiments import quantum_common as qc
-from experiments.io import Checkpoint, results_dir
+from experiments.io import Checkpoint, atomic_savefig
 
-DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], seeds=[0, 1], steps=150, search_steps=60,
-               methods=list(qc.GRIDS), ansatz="he3", grid="short", max_cpu=None, data_seed=1234)
-FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], seeds=[0, 1, 2], steps=1000,
-            search_steps=300, methods=list(qc.GRIDS), ansatz="he3", grid="full", max_cpu=600.0, data_seed=1234)
+ESTIMATORS = ("physical", "unbiased")
+DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], estimators=["physical"], seeds=[0, 1], steps=150,
+               search_steps=60, methods=list(qc.GRIDS), ansatz="cx3", grid="short", max_cpu=None, data_seed=1234)
+FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], estimators=list(ESTIMATORS),
+            seeds=[0, 1, 2], steps=1000, search_steps=300, methods=list(qc.GRIDS), ansatz="cx3", grid="full",
+            max_cpu=600.0, data_seed=1234)
 
 
 @functools.lru_cache(maxsize=None)
@@ -41,20 +51,33 @@ def _family(n, ansatz, J, h):
     from qgeom.quantum import hamiltonian_matrix, qmhl_loss, tfim
 
     model = qc.make_model(n, ansatz)
-    # σ enters as the traced argument: one compile serves every β and shot record.
+    # σ enters as the traced argument: one compile serves every β, shot record and estimator.
     return hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), model, lambda params, s: qmhl_loss(model, s)(params)
 
 
 @functools.lru_cache(maxsize=None)
-def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "he3", data_seed: int = 1234,
-            J: float = 1.0, h: float = 1.0) -> qc.Problem:
-    """QMHL of σ_β from the exact state (``shots=None``) or from ``shots`` shadow measurements."""
-    from qgeom.quantum import entropy, gibbs_state, measure_shadows
+def _shadow_estimates(n, beta, shots, data_seed, J, h):
+    """{estimator: σ estimate} from one simulated record of ``shots`` shadow measurements."""
+    from qgeom.quantum import gibbs_state, hamiltonian_matrix, measure_shadows, tfim
+
+    sigma = gibbs_state(hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), beta)
+    data = measure_shadows(sigma, jax.random.PRNGKey(data_seed), int(shots))
+    return {"physical": data.physical_estimate(), "unbiased": data.unbiased_estimate()}
+
+
+@functools.lru_cache(maxsize=None)
+def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "cx3", data_seed: int = 1234,
+            estimator: str = "physical", J: float = 1.0, h: float = 1.0) -> qc.Problem:
+    """QMHL of σ_β from the exact state (``shots=None``) or from ``shots`` shadow measurements
+    turned into a target by ``estimator`` ("physical" or "unbiased")."""
+    from qgeom.quantum import entropy, gibbs_state
 
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     if shots is not None and (int(shots) != shots or shots < 1):
         raise ValueError(f"shots must be a positive integer, got {shots}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     H, model, loss_fn = _family(n, ansatz, J, h)
     sigma = gibbs_state(H, beta)
     neg_entropy = -float(entropy(sigma))
@@ -63,12 +86,74 @@ def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "he3", 
     if shots is None:
         return qc.Problem(key=f"{family}/beta={beta:g}/exact", family=family, model=model, loss_fn=loss_fn,
                           data=sigma, offset=neg_entropy, evaluate=lambda p: {"fidelity": fid(p)})
-    data = measure_shadows(sigma, jax.random.PRNGKey(data_seed), int(shots), wires=model.wires)
     loss = qc.jitted_loss(qc.Problem("", family, model, loss_fn))
-    return qc.Problem(key=f"{family}/beta={beta:g}/shots={shots}/data_seed={data_seed}", family=family,
-                      model=model, loss_fn=loss_fn, data=jnp.asarray(data.physical_estimate()),
+    return qc.Problem(key=f"{family}/beta={beta:g}/shots={shots}/data_seed={data_seed}/estimator={estimator}",
+                      family=family, model=model, loss_fn=loss_fn,
+                      data=jnp.asarray(_shadow_estimates(n, beta, int(shots), data_seed, J, h)[estimator]),
                       divergence=lambda p: loss(p, sigma) + neg_entropy,
                       evaluate=lambda p: {"fidelity": fid(p)})
+
+
+def final_values(traces: list[dict]) -> dict:
+    """Final D(σ‖ρ) and fidelity of a method's runs: mean and std over seeds."""
+    D = [t["D"][np.nonzero(np.isfinite(t["D"]))[0][-1]] for t in traces]
+    F = [t["fidelity"][-1] for t in traces]
+    return {"final_D": float(np.mean(D)), "final_D_std": float(np.std(D)),
+            "final_fidelity": float(np.mean(F)), "final_fidelity_std": float(np.std(F)), "seeds": len(traces)}
+
+
+def format_shots_table(title: str, rows: list[dict], shots: list[int]) -> str:
+    """Final D and fidelity per (method, estimator) against the shot count (columns)."""
+    sources = [None] + list(shots)
+    head = ["method", "target"] + [("exact σ" if s is None else f"{s} shots") for s in sources]
+    keyed = {(r["method"], r["estimator"], r["shots"]): r for r in rows}
+    lines = [f"### {title}", "", "final D(σ‖ρ) / final fidelity (squared), mean ± std over seeds; "
+             "'physical' = nearest density matrix to the shadow estimate, 'unbiased' = the raw estimate", ""]
+    for what, key, spec in (("final D(σ‖ρ)", "final_D", ".4f"), ("final fidelity", "final_fidelity", ".4f")):
+        lines += [f"{what}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        pairs = [(r["method"], r["estimator"]) for r in rows if r["shots"] is not None]
+        for method, estimator in dict.fromkeys(pairs or [(r["method"], "exact") for r in rows]):
+            cells = [qc.LABELS.get(method, method), estimator]
+            for s in sources:
+                r = keyed.get((method, "exact" if s is None else estimator, s))
+                cells.append("—" if r is None else f"{r[key]:{spec}}±{r[key + '_std']:{spec}}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def plot_vs_shots(rows: list[dict], path, title: str):
+    """Final D (log–log) and fidelity versus shots, one colour per method, mean ± std error
+    bars; solid: physical estimate, dotted: unbiased; dashed horizontal: from exact σ."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, method in enumerate(methods):
+        color = f"C{i % 10}"
+        for ax, key in zip(axes, ("final_D", "final_fidelity")):
+            exact = [r for r in rows if r["method"] == method and r["shots"] is None]
+            if exact:
+                ax.axhline(exact[0][key], color=color, ls="--", lw=1, alpha=0.8)
+            for estimator, ls, marker in (("physical", "-", "o"), ("unbiased", ":", "x")):
+                pts = sorted((r for r in rows if r["method"] == method and r["estimator"] == estimator
+                              and r["shots"] is not None), key=lambda r: r["shots"])
+                if pts:
+                    ax.errorbar([r["shots"] for r in pts], [r[key] for r in pts], yerr=[r[key + "_std"] for r in pts],
+                                color=color, ls=ls, marker=marker, capsize=3,
+                                label=f"{qc.LABELS.get(method, method)}, {estimator}")
+    axes[0].set(xscale="log", yscale="log", xlabel="shots (classical-shadow measurements)",
+                ylabel=r"final $D(\sigma_\beta\,\|\,\rho)$")
+    axes[1].set(xscale="log", xlabel="shots (classical-shadow measurements)", ylabel="final fidelity (squared)")
+    for ax in axes:
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize="x-small")
+    fig.suptitle(title + "\nmean ± std over seeds; dashed: trained on the exact σ", fontsize=10)
+    fig.tight_layout()
+    try:
+        return atomic_savefig(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
@@ -76,14 +161,21 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     methods = qc.check_methods(config["methods"])
+    estimators = list(config["estimators"])
+    if not estimators or set(estimators) - set(ESTIMATORS):
+        raise ValueError(f"estimators must be a non-empty subset of {list(ESTIMATORS)}, got {estimators}")
+    shots_list = [int(s) for s in config["shots"]]
+    if any(s < 1 for s in shots_list):
+        raise ValueError(f"shots must be positive integers, got {config['shots']}")
     grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
-    sources = [None] + [int(s) for s in config["shots"]]
+    sources = [(None, "exact")] + [(s, e) for s in shots_list for e in estimators]
     cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
     per_problem = len(methods) * len(config["seeds"])
     total = len(combos) * (sum(len(grids[m]) for m in methods) + len(sources) * per_problem)
     bar = tqdm(total=total, desc="learn", disable=not progress, dynamic_ncols=True)
-    summary = {"study": "learn", "config": config, "grids": {m: list(grids[m]) for m in methods}, "problems": []}
+    summary = {"study": "learn", "config": config, "grids": {m: list(grids[m]) for m in methods}, "problems": [],
+               "shots_summary": []}
     tables = []
     for n, beta in combos:
         exact = problem(n, beta, None, config["ansatz"], config["data_seed"])
@@ -91,48 +183,56 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         search = qc.step_size_search(cells, exact, methods, grids, config["seeds"][0], config["search_steps"],
                                      progress=bar, max_cpu=config["max_cpu"])
         winners = {m: s["winner"] for m, s in search.items()}
-        for shots in sources:
-            prob = problem(n, beta, shots, config["ansatz"], config["data_seed"])
+        shot_rows, problem_tables = [], []
+        for shots, estimator in sources:
+            prob = problem(n, beta, shots, config["ansatz"], config["data_seed"],
+                           "physical" if shots is None else estimator)
             runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
                                 progress=bar, max_cpu=config["max_cpu"])
             d_star = qc.floor_estimate(runs)
             per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
-            source = "exact σ" if shots is None else f"{shots} shadow shots"
-            tag = f"n{n}_beta{beta:g}_{'exact' if shots is None else f'shots{shots}'}_{config['ansatz']}"
+            shot_rows += [{"method": m, "shots": shots, "estimator": estimator, **final_values(runs[m])}
+                          for m in methods]
+            source = "exact σ" if shots is None else f"{shots} shadow shots, {estimator} estimate"
+            tag = f"n{n}_beta{beta:g}_{'exact' if shots is None else f'shots{shots}_{estimator}'}_{config['ansatz']}"
             title = (f"QMHL, TFIM ring n={n}, β={beta:g}, from {source}, ansatz {config['ansatz']} "
                      f"({qc.n_params(prob.model)} params)")
             plot = qc.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star,
                                  ylabel=r"$D(\sigma_\beta\,\|\,\rho)$")
-            tables.append(qc.format_table(title, d_star, per_method))
+            problem_tables.append(qc.format_table(title, d_star, per_method))
             summary["problems"].append({
-                "n": n, "beta": beta, "shots": shots, "ansatz": config["ansatz"],
+                "n": n, "beta": beta, "shots": shots, "estimator": estimator, "ansatz": config["ansatz"],
                 "n_params": qc.n_params(prob.model), "D_star": d_star, "search": search,
                 "methods": per_method, "plot": str(plot)})
+        title = f"QMHL, TFIM ring n={n}, β={beta:g}, ansatz {config['ansatz']}: final D and fidelity vs shots"
+        plot = plot_vs_shots(shot_rows, outdir / f"final_vs_shots_n{n}_beta{beta:g}_{config['ansatz']}.png", title)
+        tables += [format_shots_table(title, shot_rows, shots_list)] + problem_tables
+        summary["shots_summary"].append({"n": n, "beta": beta, "rows": shot_rows, "plot": str(plot)})
     bar.close()
     return qc.write_summary(outdir, summary, tables)
 
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     """The short study (n = 4, β = 1, exact and 1000 shots)."""
-    qc.enable_compile_cache()
-    return run_study({**DEFAULT, **overrides}, outdir or results_dir("learn"), progress=progress)
+    return quantum_cli.quick("learn", run_study, DEFAULT, outdir, progress=progress, **overrides)
+
+
+def _flags(parser):
+    parser.add_argument("--shots", type=int, nargs="*", help="shot counts of the measured problems")
+    parser.add_argument("--estimators", nargs="+", choices=ESTIMATORS,
+                        help="targets made from the shots: physical (nearest density matrix), unbiased (raw)")
+    parser.add_argument("--grid", choices=["short", "full"], help="step-size grids")
+    parser.add_argument("--data-seed", type=int, help="seed of the simulated measurements")
+
+
+def _report(summary: dict) -> list[str]:
+    return ([f"plot: {s['plot']}" for s in summary["shots_summary"]]
+            + [f"plot: {p['plot']}" for p in summary["problems"]])
 
 
 def main(argv=None) -> int:
-    parser = qc.study_parser("learn", __doc__.split("\n\n")[0])
-    parser.add_argument("--shots", type=int, nargs="*", help="shot counts of the measured problems")
-    parser.add_argument("--grid", choices=["short", "full"], help="step-size grids")
-    parser.add_argument("--data-seed", type=int, help="seed of the simulated measurements")
-    args = parser.parse_args(argv)
-    config = qc.resolve_config(args, DEFAULT, FULL)
-    qc.enable_compile_cache()
-    outdir = args.out or results_dir("learn")
-    summary = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
-    print(summary["table"])
-    for p in summary["problems"]:
-        print(f"plot: {p['plot']}")
-    print(f"summary: {Path(outdir) / 'summary.json'}")
-    return 0
+    return quantum_cli.main(argv, name="learn", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
+                            add_flags=_flags, report=_report)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ reach it and the final fidelity (squared) at every point. One resumable cell per
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -33,7 +34,7 @@ from experiments.io import Checkpoint, atomic_savefig, results_dir
 # Step sizes: the winners of the n = 4 step-size search of the gibbs study (results/gibbs/n4).
 STEP_SIZES = {"adam": 0.1, "gd": 0.1, "qpngd": 1.0, "qpngd-k": 0.3, "qpmd": 1.0, "qng": 0.1}
 DEFAULT = dict(n=[4], betas=[0.5, 1.083, 1.667, 2.25], seeds=[0], steps=100, methods=["adam", "qpngd"],
-               ansatz="he3", kinds=["imaginary", "real"], trotter_steps=4, dt=0.1, real_beta=1.0, tol=0.01)
+               ansatz="cx3", kinds=["imaginary", "real"], trotter_steps=4, dt=0.1, real_beta=1.0, tol=0.01)
 FULL = dict(DEFAULT, seeds=[0, 1, 2], steps=400, methods=["adam", "qpngd", "qpngd-k", "qpmd"], trotter_steps=6)
 
 
@@ -41,17 +42,25 @@ def _points(result) -> list[dict]:
     """``SequencePoint``s as plain dicts (numpy parameters) for the checkpoint."""
     return [{"label": float(p.label), "params": jax.tree_util.tree_map(np.asarray, p.params),
              "D": np.asarray(p.divergence, dtype=float), "fidelity": float(p.fidelity),
-             "exact_fidelity": None if p.exact_fidelity is None else float(p.exact_fidelity)} for p in result]
+             "exact_fidelity": None if p.exact_fidelity is None else float(p.exact_fidelity),
+             "status": p.status} for p in result]
+
+
+@functools.lru_cache(maxsize=None)
+def _setup(n: int, ansatz: str, method: str):
+    """Model and optimizer shared by every chain, seed and point of (n, ansatz, method):
+    ``qgeom.optimize.sequence`` compiles its step once per (model, optimizer object)."""
+    model = qc.make_model(n, ansatz)
+    return model, qc.optimizer(model, method, STEP_SIZES[method])
 
 
 def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, start: str) -> list[dict]:
     """One sequence (``start`` = "warm" or "cold") as a list of points, from the checkpoint if done."""
-    from qgeom.optimize import fit, sequence
-    from qgeom.quantum import gibbs_state, hamiltonian_matrix, qmhl_loss, tfim
+    from qgeom.optimize import sequence
+    from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
 
     lr, steps = STEP_SIZES[method], config["steps"]
-    model = qc.make_model(n, config["ansatz"])
-    opt = qc.optimizer(model, method, lr)
+    model, opt = _setup(n, config["ansatz"], method)
     H = tfim(qc.ring(n))
     key = jax.random.PRNGKey(seed)
     common = dict(kind=kind, n=n, ansatz=config["ansatz"], method=method, settings=qc.METHOD_KWARGS[method],
@@ -63,7 +72,7 @@ def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, st
     sigma0 = gibbs_state(hamiltonian_matrix(H), config["real_beta"])
     # σ_0 fitted once by QMHL: the warm chain's first start
     first = cells.run(qc.cell_key(**common, start="sigma0", real_beta=config["real_beta"]), lambda: [{
-        "params": jax.tree_util.tree_map(np.asarray, fit(qmhl_loss(model, sigma0), model.init(key), opt, steps).params)}])
+        "params": jax.tree_util.tree_map(np.asarray, sequence.fit_qmhl(model, sigma0, opt, steps, model.init(key)).params)}])
     cell = qc.cell_key(**common, start=start, real_beta=config["real_beta"], dt=config["dt"],
                        trotter_steps=config["trotter_steps"])
     return cells.run(cell, lambda: _points(sequence.real_time(
@@ -100,7 +109,8 @@ def summarize(chains: list[dict], tol: float, shared_targets: bool = True) -> di
                 "steps_to_tol": float(np.mean(ok)) if ok else None, "reached": f"{len(ok)}/{len(steps)}",
                 "D_at_start": float(np.mean([c[start][k]["D"][0] for c in chains])),
                 "final_D": float(np.mean([c[start][k]["D"][-1] for c in chains])),
-                "final_fidelity": float(np.mean([c[start][k]["fidelity"] for c in chains]))}
+                "final_fidelity": float(np.mean([c[start][k]["fidelity"] for c in chains])),
+                "stopped": [s for c in chains if (s := c[start][k].get("status", "completed")) != "completed"]}
             if chains[0][start][k]["exact_fidelity"] is not None:
                 row[start]["exact_fidelity"] = float(np.mean([c[start][k]["exact_fidelity"] for c in chains]))
         rows.append(row)
@@ -114,6 +124,9 @@ def format_table(title: str, summary: dict, tol: float) -> str:
     note = ("D*_k: lowest D of any run at point k" if not exact else
             "D*_k: lowest D of the warm (cold) runs at point k — their targets differ, as each comes from the "
             "chain's own previous model; F vs exact evolution compares them")
+    stopped = sorted({m for row in summary["rows"] for s in ("warm", "cold") for m in row[s]["stopped"]})
+    if stopped:
+        note += "; † a fit stopped early on a non-finite value: " + "; ".join(stopped)
     lines = [f"### {title}", "", f"tolerance: D ≤ D*_k + {tol:g} ({note})", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -125,7 +138,7 @@ def format_table(title: str, summary: dict, tol: float) -> str:
         cells = [f"{row['point']:g}", f"{row['D_star']:.4f}"]
         for start in ("warm", "cold"):
             r = row[start]
-            cells += [f"{r['D_at_start']:.4f}", steps(r), f"{r['final_fidelity']:.4f}"]
+            cells += [f"{r['D_at_start']:.4f}", steps(r), f"{r['final_fidelity']:.4f}" + ("†" if r["stopped"] else "")]
             if exact:
                 cells.append(f"{r['exact_fidelity']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")

@@ -132,13 +132,16 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 
 def test_learn_quick_smoke(tmp_path):
-    config = dict(TINY, methods=["adam"], seeds=[0], shots=[200], data_seed=7)
+    config = dict(TINY, methods=["adam"], seeds=[0, 1], shots=[200], estimators=["physical", "unbiased"], data_seed=7)
     summary = learn.run_study(config, tmp_path, progress=False)
     saved = json.loads((tmp_path / "summary.json").read_text())
-    assert _finite_numbers(saved) and [p["shots"] for p in saved["problems"]] == [None, 200]
-    assert len(list(tmp_path.glob("curves_*.png"))) == 2
+    assert _finite_numbers(saved) and [p["shots"] for p in saved["problems"]] == [None, 200, 200]
+    assert [p["estimator"] for p in saved["problems"]] == ["exact", "physical", "unbiased"]
+    assert len(list(tmp_path.glob("curves_*.png"))) == 3
+    assert (tmp_path / "final_vs_shots_n3_beta1_he1.png").stat().st_size > 10_000
+    assert "200 shots" in summary["table"] and "final fidelity" in summary["table"]
 
-    # D(σ‖ρ) at iteration 0 of both problems equals scipy's, whatever data trained the model
+    # D(σ‖ρ) at iteration 0 of every problem equals scipy's, whatever data trained the model
     from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
 
     prob = learn.problem(3, 1.0, None, "he1")
@@ -146,10 +149,30 @@ def test_learn_quick_smoke(tmp_path):
     sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
     expected = _scipy_relative_entropy(sigma, rho)
     done = qc.Cells(qc_checkpoint(tmp_path)).done
-    firsts = [t["D"][0] for k, t in done.items() if '"steps": 6' in k]
-    assert len(firsts) == 2
+    long = {k: t for k, t in done.items() if '"steps": 6' in k}
+    firsts = [t["D"][0] for k, t in long.items() if '"seed": 0' in k]
+    assert len(firsts) == 3
     np.testing.assert_allclose(firsts, expected, rtol=1e-8)
-    assert summary["problems"][1]["methods"]["adam"]["status"][0].startswith(("ok", "cpu"))
+
+    # the shots table: final D and fidelity, mean ± std over seeds, from scipy at the final parameters
+    (shot_summary,) = saved["shots_summary"]
+    for row in shot_summary["rows"]:
+        tag = "/exact" if row["shots"] is None else f"/shots=200/data_seed=7/estimator={row['estimator']}"
+        finals = [t["params"] for k, t in long.items() if tag in k]
+        assert len(finals) == 2
+        rhos = [np.asarray(prob.model.density_matrix(p)) for p in finals]
+        D = [_scipy_relative_entropy(sigma, r) for r in rhos]
+        F = [_scipy_fidelity(r, sigma) for r in rhos]
+        np.testing.assert_allclose([row["final_D"], row["final_D_std"]], [np.mean(D), np.std(D)], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose([row["final_fidelity"], row["final_fidelity_std"]], [np.mean(F), np.std(F)],
+                                   rtol=1e-5, atol=1e-8)
+
+
+def test_learn_rejects_unknown_estimator(tmp_path):
+    with pytest.raises(ValueError, match="estimator"):
+        learn.problem(3, 1.0, 100, "he1", estimator="mle")
+    with pytest.raises(SystemExit):  # argparse: invalid choice
+        learn.main(["--estimators", "mle", "--out", str(tmp_path)])
 
 
 @pytest.mark.slow

@@ -10,20 +10,30 @@ tolerance and the fidelity it ends with (fidelity squared, PennyLane's conventio
   ρ_{k−1} is the previous TRAINED model (so errors propagate as in the experiment of Sbahi
   et al. 2022); each point is fitted by QMHL, tolerance on D(σ_k‖ρ) = L − S(σ_k).
   σ_0 is given (e.g. a thermal state).
+
+Compiled once: the points of a sequence differ only in their target (β, or σ_k), which
+the jitted step takes as an argument (``fit_vqt`` / ``fit_qmhl``). One step is compiled per
+(model, optimizer object, loss family) and reused by every point, every warm and cold chain
+and every later call with the same optimizer object.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import time
 
 import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import numpy as np
+import optax
 
 from qgeom.optimize._checks import check_count, check_positive
-from qgeom.optimize.runner import fit
+from qgeom.optimize.natural import _all_finite
+from qgeom.optimize.runner import FitResult
 from qgeom.quantum import entropy, fidelity, gibbs_state, hamiltonian_matrix, log_partition, qmhl_loss, vqt_loss
+from qgeom.quantum.thermo import check_density_matrix
 
 
 @dataclasses.dataclass
@@ -31,7 +41,8 @@ class SequencePoint:
     """One point of a sequence: the fitted ``params``; ``steps_to_tol`` (updates until the
     divergence first fell to ``tol``; None if never); ``divergence`` (per-step curve and
     ``final_divergence``); ``fidelity`` with the point's target (and, for real time,
-    ``exact_fidelity`` with the exactly evolved state); ``label`` (β or time)."""
+    ``exact_fidelity`` with the exactly evolved state); ``label`` (β or time); ``status``
+    of the fit ("completed" or the non-finite quantity and step, as ``fit`` reports it)."""
 
     label: float
     params: dict
@@ -40,6 +51,101 @@ class SequencePoint:
     final_divergence: float
     fidelity: float
     exact_fidelity: float | None = None
+    status: str = "completed"
+
+
+# ----------------------------------------------------------------------------- compiled once
+
+_COMPILED: dict = {}
+
+
+def _compiled(model, optimizer, family: str, H=None):
+    """(step, value, used): jitted once per (model, optimizer, family); the target is an argument.
+
+    step(params, state, data) → (new params, state, L(params), all finite), as
+    ``runner.make_step`` with ``data`` traced; value(params, data) → L(params); ``used`` is
+    non-empty once the step has been compiled.
+    ``family`` "vqt" (data = β; H fixed, keyed by its matrix) or "qmhl" (data = σ).
+    """
+    key = (model, optimizer, family)
+    if family == "vqt":
+        key += (hashlib.sha1(np.asarray(hamiltonian_matrix(H, model.wires)).tobytes()).hexdigest(),)
+    if key in _COMPILED:
+        return _COMPILED[key]
+    if family == "vqt":
+        obs = model.prepare(H)
+
+        def loss_fn(params, beta):
+            return vqt_loss(model, obs, beta)(params)
+    else:
+        def loss_fn(params, sigma):
+            return qmhl_loss(model, sigma)(params)
+    transform = optimizer
+    if not isinstance(transform, optax.GradientTransformationExtraArgs):
+        transform = optax.with_extra_args_support(transform)
+
+    def step(params, state, data):
+        value, grads = jax.value_and_grad(loss_fn)(params, data)
+        updates, state = transform.update(grads, state, params, value=value)
+        new = optax.apply_updates(params, updates)
+        return new, state, value, jnp.isfinite(value) & _all_finite(grads, new)
+
+    _COMPILED[key] = jax.jit(step), jax.jit(loss_fn), []  # [] until first used
+    return _COMPILED[key]
+
+
+def _fit(compiled, optimizer, params, data, steps) -> FitResult:
+    """``runner.fit``'s loop (no early stop) on a compiled (step, value) pair with traced ``data``."""
+    step, value_fn, used = compiled
+    extra = int(getattr(optimizer.update, "extra_grad_evals", 0))
+    state = optimizer.init(params)
+    compile_time = 0.0
+    if not used:  # first use: compile (and one discarded step) outside the clock
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(params, state, data))
+        compile_time = time.perf_counter() - t0
+        used.append(True)
+    losses, times, evals = [], [], []
+    status, elapsed, prev = "completed", 0.0, None
+    for t in range(steps):
+        t0 = time.perf_counter()
+        new, new_state, value, ok = step(params, state, data)
+        ok, value = bool(ok), float(value)
+        elapsed += time.perf_counter() - t0
+        if not ok:
+            status = f"stopped at step {t}: non-finite loss, gradient or update (loss = {value})"
+            if not np.isfinite(value) and prev is not None:  # params_t itself is bad: step back
+                params, state = prev
+            break
+        losses.append(value)
+        times.append(elapsed)
+        evals.append((t + 1) * (1 + extra))
+        prev = (params, state)
+        params, state = new, new_state
+    final = float(value_fn(params, data))
+    if not np.isfinite(final):
+        status = f"{status}; final loss is not finite ({final})"
+    return FitResult(params, state, losses, times, evals, status, final, compile_time)
+
+
+def fit_vqt(model, H, beta, optimizer, steps, params) -> FitResult:
+    """``fit(vqt_loss(model, H, beta), params, optimizer, steps)`` with β traced: one compile
+    serves every β (and every call with the same model, H and optimizer object)."""
+    beta = check_positive("beta", beta)
+    steps = check_count("steps", steps)
+    vqt_loss(model, H, beta)  # validates H and the memory needed
+    return _fit(_compiled(model, optimizer, "vqt", H), optimizer, params, jnp.asarray(beta), steps)
+
+
+def fit_qmhl(model, sigma, optimizer, steps, params) -> FitResult:
+    """``fit(qmhl_loss(model, sigma), params, optimizer, steps)`` with the density matrix σ traced:
+    one compile serves every target (and every call with the same model and optimizer object)."""
+    steps = check_count("steps", steps)
+    qmhl_loss(model, sigma)  # validates σ (shape, Hermitian, unit trace, PSD) and the memory needed
+    return _fit(_compiled(model, optimizer, "qmhl"), optimizer, params, jnp.asarray(sigma, jnp.complex128), steps)
+
+
+# ----------------------------------------------------------------------------- sequences
 
 
 def _steps_to(curve, tol):
@@ -66,14 +172,11 @@ def imaginary_time(model, H, betas, optimizer, steps, tol=1e-2, warm=True, key=N
     h = hamiltonian_matrix(H, model.wires)
     out, previous = [], initial
     for beta, k in zip(betas, jax.random.split(key, len(betas))):
-        loss = vqt_loss(model, H, beta)
         log_z = float(log_partition(h, beta))
-        start = _start(model, warm, previous, k)
-        res = fit(loss, start, optimizer, steps)
+        res = fit_vqt(model, H, beta, optimizer, steps, _start(model, warm, previous, k))
         curve = [v + log_z for v in res.loss] + [res.final_loss + log_z]
-        sigma = gibbs_state(h, beta)
-        fid = float(fidelity(model.density_matrix(res.params), sigma))
-        out.append(SequencePoint(beta, res.params, _steps_to(curve, tol), curve, curve[-1], fid))
+        fid = float(fidelity(model.density_matrix(res.params), gibbs_state(h, beta)))
+        out.append(SequencePoint(beta, res.params, _steps_to(curve, tol), curve, curve[-1], fid, status=res.status))
         previous = res.params
     return out
 
@@ -98,6 +201,7 @@ def real_time(model, H_zz, H_x, dt, n_points, optimizer, steps, sigma0, tol=1e-2
     n_points = check_count("n_points", n_points)
     steps = check_count("steps", steps)
     tol = check_positive("tol", tol)
+    check_density_matrix(sigma0, "sigma0")
     key = jax.random.PRNGKey(0) if key is None else key
     v = trotter_step(H_zz, H_x, dt, model.wires)
     prev_state = jnp.asarray(sigma0, jnp.complex128)
@@ -107,13 +211,11 @@ def real_time(model, H_zz, H_x, dt, n_points, optimizer, steps, sigma0, tol=1e-2
         target = v @ prev_state @ v.conj().T
         target = 0.5 * (target + target.conj().T)
         exact = v @ exact @ v.conj().T
-        loss = qmhl_loss(model, target)
         s_target = float(entropy(target))
-        start = _start(model, warm, previous, sub)
-        res = fit(loss, start, optimizer, steps)
+        res = fit_qmhl(model, target, optimizer, steps, _start(model, warm, previous, sub))
         curve = [val - s_target for val in res.loss] + [res.final_loss - s_target]
         rho = model.density_matrix(res.params)
         out.append(SequencePoint(k * dt, res.params, _steps_to(curve, tol), curve, curve[-1],
-                                 float(fidelity(rho, target)), float(fidelity(rho, exact))))
+                                 float(fidelity(rho, target)), float(fidelity(rho, exact)), res.status))
         previous, prev_state = res.params, rho
     return out
