@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from classical.kfac import F32, KFAC
+from qgeom.metrics.kronecker import psd_inverse
 
 
 class FOOF(KFAC):
@@ -35,7 +36,7 @@ class FOOF(KFAC):
                          adapt_damping=adapt_damping, **settings)
 
     def _inverses(self, A, G, damping):
-        return {k: jnp.linalg.inv(A[k] + damping * jnp.eye(A[k].shape[0], dtype=F32)) for k in A}
+        return {k: psd_inverse(A[k] + damping * jnp.eye(A[k].shape[0], dtype=F32)) for k in A}
 
     def _apply_inverse(self, inverse, grads, damping):
         return {k: inverse[k] @ v for k, v in grads.items()}

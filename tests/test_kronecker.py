@@ -120,3 +120,14 @@ def test_bad_inputs(factors):
         k.inverse(-1.0)
     with pytest.raises(ValueError, match="same N"):
         KroneckerFactored.from_batch(jnp.ones((5, 3)), jnp.ones((4, 2)))
+
+
+def test_psd_inverse_cholesky_and_lu_fallback():
+    from qgeom.metrics.kronecker import psd_inverse
+
+    rng = np.random.default_rng(3)
+    m = _spd(rng, 6, cond=1e3)
+    np.testing.assert_allclose(jax.jit(psd_inverse)(jnp.asarray(m)), np.linalg.inv(m), rtol=1e-9, atol=1e-9)
+    # Indefinite (Cholesky fails): the LU fallback still inverts it.
+    s = np.diag([2.0, -1.0, 0.5])
+    np.testing.assert_allclose(psd_inverse(jnp.asarray(s)), np.linalg.inv(s), rtol=1e-12)

@@ -38,6 +38,27 @@ def _check_v(v, shape):
         raise ValueError(f"v has shape {v.shape}, expected the layer's parameter shape {shape}")
 
 
+def psd_inverse(m):
+    """M⁻¹ for a symmetric positive-definite M by Cholesky: M = L Lᵀ, M⁻¹ = L⁻ᵀ L⁻¹.
+
+    Symmetric by construction and half the flops of an LU inverse. On CPU it also avoids
+    a measured pathology: several ``jnp.linalg.inv`` (LU) calls in one jitted computation
+    ran 3–15× slower than the same calls one by one (concurrent LAPACK ``getrf`` calls
+    oversubscribing BLAS threads), while Cholesky stays at the sum of its parts. If the
+    factorisation fails (M not numerically positive definite: non-finite L), falls back
+    to the LU inverse, symmetrised.
+    """
+    eye = jnp.eye(m.shape[0], dtype=m.dtype)
+    l_inv = jax.scipy.linalg.solve_triangular(jnp.linalg.cholesky(m), eye, lower=True)
+    inv = l_inv.T @ l_inv
+
+    def lu(_):
+        x = jnp.linalg.inv(m)
+        return 0.5 * (x + x.T)
+
+    return jax.lax.cond(jnp.all(jnp.isfinite(l_inv)), lambda _: inv, lu, None)
+
+
 def factored_damping(A, G, damping, pi=None):
     """Factored Tikhonov damping (γ_A, γ_G) = (π√λ, √λ/π) of Martens & Grosse 2015 §6.3.
 
@@ -176,9 +197,7 @@ class KroneckerFactored(Metric):
             ga, gg = factored_damping(self.A, self.G, damping, self.pi)
             eye_a = jnp.eye(self.A.shape[0], dtype=self.A.dtype)
             eye_g = jnp.eye(self.G.shape[0], dtype=self.G.dtype)
-            a_inv = jnp.linalg.inv(self.A + ga * eye_a)
-            g_inv = jnp.linalg.inv(self.G + gg * eye_g)
-            return KroneckerInverse(0.5 * (a_inv + a_inv.T), 0.5 * (g_inv + g_inv.T))
+            return KroneckerInverse(psd_inverse(self.A + ga * eye_a), psd_inverse(self.G + gg * eye_g))
         alpha, qa, gamma, qg = self.eigh()
         return KroneckerEigenInverse(qa, qg, 1.0 / (jnp.outer(alpha, gamma) + damping))
 
