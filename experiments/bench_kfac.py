@@ -13,7 +13,8 @@ statistics every step, damping interval 5, no burn-in. Every method is first war
 (all compiled branches), then restarted at step 0 and timed in blocks of
 ``--block`` steps (= the inverse period, so every block holds exactly one inverse
 refresh); blocks of all methods are interleaved round-robin, in a rotating order, so
-the load of this shared machine falls on all of them alike. A block's amortised cost
+the load of this shared machine falls on all of them alike. BLAS/LAPACK is limited to
+one thread for every contender (``kfac_common.single_threaded_blas``). A block's amortised cost
 is its mean ms per step; we report the median over blocks (robust to load spikes)
 and the overall mean, plus the median of the inverse-refresh steps and of the other
 steps (where the time goes). The last line is
@@ -166,7 +167,7 @@ def report(times, args) -> dict:
     load = os.getloadavg()
     print(f"\nbatch {args.batch_size}, inverse period {args.inverse_period}, {args.reps} interleaved blocks of "
           f"{args.block} steps per contender; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-          f"on {os.cpu_count()} cores")
+          f"on {os.cpu_count()} cores; BLAS/LAPACK 1 thread for all")
     print(f"{'contender':18s} {'median ms':>10s} {'mean ms':>9s} {'inverse-step':>13s} {'other-step':>11s} {'x SGD':>6s}")
     for name, r in rows.items():
         print(f"{name:18s} {r['median_ms']:10.1f} {r['mean_ms']:9.1f} {r['inverse_step_ms']:13.1f} "
@@ -204,7 +205,7 @@ def main(argv=None):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_size > 60000:
         raise ValueError("--batch-size must be <= 60000 (MNIST's training set)")
-    with disable_x64():
+    with disable_x64(), kc.single_threaded_blas():
         times, _ = run(args)
     out = report(times, args)
     if args.json:

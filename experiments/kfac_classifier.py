@@ -7,7 +7,8 @@
 Same harness as the autoencoder study (``experiments.kfac_common``): equal tuning
 budget (three grid points per method on seed 0, ranked by training loss), several
 seeds, training loss and test error (1 − accuracy) versus steps and wall time,
-``results/kfac_classifier/<model>/{results.json,curves.png}``, resumable checkpoints.
+``results/kfac_classifier/<model>/{results.json,summary.md,curves.png}``, resumable
+checkpoints.
 
     qgeom kfac-classifier                       # quick: both models, 10k images, 60 steps
     qgeom kfac-classifier --full --models mlp   # 60k images, batch 1000, 1000 steps, 3 seeds, tuning
@@ -15,14 +16,10 @@ seeds, training loss and test error (1 − accuracy) versus steps and wall time,
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import warnings
 
-from classical.data import load_mnist
 from experiments import kfac_common as kc
 from experiments.io import results_dir
-from experiments.kfac_autoencoder import check_args, select_methods
 
 PROBLEMS = {"mlp": kc.mlp_classifier_problem, "conv": kc.conv_classifier_problem}
 
@@ -34,68 +31,38 @@ GRIDS = {
     "kfac-jax": [{"damping": d} for d in (0.01, 0.1, 1.0)],
 }
 
+DEFAULTS = {"steps": 60, "seeds": 1, "batch_size": 128, "train_size": 10000, "eval_size": 2000, "eval_every": 10,
+            "tune_steps": 0}
+
 FULL = {"train_size": 60000, "eval_size": 10000, "batch_size": 1000, "steps": 1000, "seeds": 3,
         "tune_steps": 200, "eval_every": 50}
 
 
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="qgeom kfac-classifier", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="mlp,conv", help="comma-separated subset of mlp,conv")
-    ap.add_argument("--methods", default=",".join(kc.METHODS))
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--seeds", type=int, default=1)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--train-size", type=int, default=10000)
-    ap.add_argument("--eval-size", type=int, default=2000)
-    ap.add_argument("--eval-every", type=int, default=10)
-    ap.add_argument("--tune-steps", type=int, default=0, help="steps per grid point on seed 0 (0: no tuning)")
-    ap.add_argument("--full", action="store_true", help="the full study: " + ", ".join(f"{k}={v}" for k, v in FULL.items()))
-    ap.add_argument("--out", default=None, help="output directory (default results/kfac_classifier)")
-    ap.add_argument("--fresh", action="store_true", help="delete this study's checkpoints first")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    if args.full:
-        for k, v in FULL.items():
-            if getattr(args, k) == ap.get_default(k):
-                setattr(args, k, v)
-    return args
-
-
 def main(argv=None):
-    args = parse_args(argv)
+    ap = kc.study_parser("qgeom kfac-classifier", __doc__, defaults=DEFAULTS, full=FULL)
+    ap.add_argument("--models", default="mlp,conv", help="comma-separated subset of mlp,conv")
+    args = kc.parse_study_args(ap, argv)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     bad = [m for m in models if m not in PROBLEMS]
     if bad or not models:
         raise ValueError(f"unknown models {bad}; choose from {sorted(PROBLEMS)}")
-    methods = select_methods(args.methods)
-    check_args(args, methods)
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    mnist = load_mnist()
-    if args.train_size > len(mnist.x_train) or args.eval_size > len(mnist.x_test):
-        raise ValueError(f"MNIST has {len(mnist.x_train)} train / {len(mnist.x_test)} test images")
+    mnist = kc.study_mnist(args)
     for model in models:
-        problem = PROBLEMS[model]()
         shape = (-1, 28, 28, 1) if model == "conv" else (-1, 784)
         x, y = mnist.x_train[: args.train_size].reshape(shape), mnist.y_train[: args.train_size]
         k = args.eval_size
         data = {"train": (x, y), "eval_train": (x[:k], y[:k]),
                 "eval_test": (mnist.x_test[:k].reshape(shape), mnist.y_test[:k])}
-        out = f"{args.out or results_dir('kfac_classifier')}/{model}"
-        if args.fresh:
-            shutil.rmtree(f"{out}/ckpt", ignore_errors=True)
+        out = kc.study_out(f"{args.out or results_dir('kfac_classifier')}/{model}", args.fresh)
         print(f"MNIST {model} classifier: {args.train_size} images, batch {args.batch_size}, {args.steps} steps, "
-              f"{args.seeds} seed(s), methods {methods}, tuning {args.tune_steps} steps/grid point")
-        res = kc.run_study(problem, data, methods=methods, grids={m: GRIDS[m] for m in methods}, seeds=args.seeds,
-                           steps=args.steps, tune_steps=args.tune_steps, batch_size=args.batch_size,
+              f"{args.seeds} seed(s), methods {args.methods}, tuning {args.tune_steps} steps/grid point")
+        res = kc.run_study(PROBLEMS[model](), data, methods=args.methods, grids={m: GRIDS[m] for m in args.methods},
+                           seeds=args.seeds, steps=args.steps, tune_steps=args.tune_steps, batch_size=args.batch_size,
                            eval_every=args.eval_every, out_dir=out, progress=not args.no_progress,
-                           error_label="test error (1 - accuracy)", title=f"MNIST {model} classifier")
-        for m, t in res["tuning"].items():
-            if t["table"]:
-                grid = ", ".join(f"{row['hparams']}: {row['final_train_loss']:.4g}" for row in t["table"])
-                print(f"tuning {m}: {grid} -> {t['winner']}")
-        print(kc.markdown_table(res["summary"], "test_error"))
-        print(f"wrote {out}/results.json and {out}/curves.png\n")
+                           error_label="test error (1 - accuracy)", target_horizon=args.steps,
+                           stop_at_target=args.stop_at_target, title=f"MNIST {model} classifier", settings=vars(args))
+        kc.print_study(res, out)
     return 0
 
 

@@ -14,7 +14,9 @@ and produces the same numbers (mini-batches and per-step keys are functions of
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import shutil
 import json
 import time
 from dataclasses import dataclass, field
@@ -335,10 +337,27 @@ def _run_id(method, hparams, seed, config) -> str:
     return f"{method}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}-s{seed}"
 
 
+def single_threaded_blas():
+    """Context limiting the BLAS/LAPACK libraries (OpenBLAS) to one thread; XLA's own pool
+    keeps both cores.
+
+    jaxlib's CPU LAPACK kernels (Cholesky, LU, triangular solves) run on scipy's OpenBLAS.
+    XLA executes independent ops of one step concurrently, so a K-FAC inverse refresh runs
+    LAPACK calls beside XLA's matmuls; multi-threaded OpenBLAS then oversubscribes the
+    cores and its spinning threads made that step 3–30× slower on this 2-core machine
+    (measured: refresh step +0.7–19 s over a plain step; with one BLAS thread, +0.25 s,
+    stable). Every study and benchmark contender (ours, kfac-jax, optax) runs under it.
+    """
+    import threadpoolctl
+
+    return threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 def train(*args, **kwargs) -> dict:
-    """``_train`` with x64 off: the nets are float32 and kfac-jax's factor updates fail
-    under ``jax_enable_x64`` (float64 zeros meet float32 statistics in its ``cond``)."""
-    with disable_x64():
+    """``_train`` with x64 off (the nets are float32 and kfac-jax's factor updates fail
+    under ``jax_enable_x64``: float64 zeros meet float32 statistics in its ``cond``) and
+    single-threaded BLAS (``single_threaded_blas``)."""
+    with disable_x64(), single_threaded_blas():
         return _train(*args, **kwargs)
 
 
@@ -354,13 +373,16 @@ def _train(
     eval_every: int,
     ckpt_dir=None,
     progress: bool = True,
+    stop_below: float | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> dict:
     """Train one (method, hparams, seed); return its history (lists over eval points).
 
     ``data = {"train": (x, y), "eval_train": (x, y), "eval_test": (x, y)}`` (numpy
     float32 / int32). Wall time counts training steps only (each blocked until ready),
-    accumulated across resumptions. A non-finite loss stops the run (``diverged``).
+    accumulated across resumptions. A non-finite loss stops the run (``diverged``);
+    so does, before ``steps``, an evaluated training loss ≤ ``stop_below`` (a target
+    reached: the run is not continued on resumption either).
     ``on_step(t)`` is called after step t (a hook; raising in it simulates a kill).
     """
     if steps < 1 or eval_every < 1:
@@ -412,7 +434,11 @@ def _train(
         m.warmed = True
     bar = tqdm(total=steps, initial=min(t, steps), desc=f"{method} s{seed}", leave=False, disable=not progress)
     losses, bad = [], 0
-    while t < steps and not diverged:
+
+    def reached():
+        return stop_below is not None and hist["train_loss"][-1] <= stop_below
+
+    while t < steps and not diverged and not reached():
         batch = batch_at(t)
         step_key = jax.random.fold_in(jax.random.fold_in(key, 2), t)
         start = time.perf_counter()
@@ -430,7 +456,7 @@ def _train(
             if not bad:
                 losses.append(loss)
         bar.update(1)
-        if t % eval_every == 0 or t == steps or diverged:
+        if t % eval_every == 0 or t == steps or diverged:  # (stop_below is checked here only)
             record(hist, t, wall, params, losses)
             losses = []
             bar.set_postfix(loss=f"{hist['train_loss'][-1]:.4g}")
@@ -475,25 +501,29 @@ def _seed_mean(runs, key):
     return np.mean([r[key][:n] for r in runs], axis=0), n
 
 
+def adam_target(runs, horizon) -> tuple[float, int]:
+    """(best seed-mean training loss within ``horizon`` steps, the horizon actually covered)."""
+    mean, n = _seed_mean(runs, "train_loss")
+    steps = np.asarray(runs[0]["step"][:n])
+    return float(np.nanmin(mean[steps <= horizon])), int(min(horizon, steps[-1]))
+
+
 def summarize(runs_by_method: dict, target_method="adam", horizon=2000, error_name="test_error") -> dict:
-    """Per method: final losses / errors (mean, std over seeds), ms per step, and the
-    steps / wall time at which the seed-mean training loss first reaches
-    ``target_method``'s best seed-mean training loss within ``horizon`` steps."""
+    """Per method: final losses / errors (mean, std over seeds), ms per step, and — for
+    every seed — the step and wall time at which its training loss first reaches
+    ``target_method``'s best seed-mean training loss within ``horizon`` steps (mean over
+    the seeds that reach it; ``reached`` counts them)."""
     table = {}
     target = None
     if target_method in runs_by_method:
-        runs = runs_by_method[target_method]
-        mean, n = _seed_mean(runs, "train_loss")
-        steps = np.asarray(runs[0]["step"][:n])
-        target = float(np.nanmin(mean[steps <= horizon]))
-        horizon = int(min(horizon, steps[-1]))
+        target, horizon = adam_target(runs_by_method[target_method], horizon)
     for method, runs in runs_by_method.items():
         final = lambda k: np.array([r[k][-1] for r in runs], float)  # noqa: E731
         ms = [1e3 * r["wall_time"][-1] / max(r["step"][-1], 1) for r in runs]
         row = {
             "seeds": len(runs),
             "diverged": sum(r["diverged"] for r in runs),
-            "steps": int(runs[0]["step"][-1]),
+            "steps": int(max(r["step"][-1] for r in runs)),
             "train_loss": float(np.mean(final("train_loss"))),
             "train_loss_std": float(np.std(final("train_loss"))),
             "test_loss": float(np.mean(final("test_loss"))),
@@ -503,39 +533,71 @@ def summarize(runs_by_method: dict, target_method="adam", horizon=2000, error_na
             "ms_per_step": float(np.median(ms)),
         }
         if target is not None:
-            mean, n = _seed_mean(runs, "train_loss")
-            wall, _ = _seed_mean(runs, "wall_time")
-            row["reach_step"], row["reach_wall_s"] = first_reach(runs[0]["step"][:n], wall, mean, target)
+            hits = [first_reach(r["step"], r["wall_time"], r["train_loss"], target) for r in runs]
+            got = [h for h in hits if h[0] is not None]
+            row["reach_per_seed"] = [list(h) for h in hits]
+            row["reached"] = len(got)
+            row["reach_step"] = float(np.mean([h[0] for h in got])) if got else None
+            row["reach_step_std"] = float(np.std([h[0] for h in got])) if got else None
+            row["reach_wall_s"] = float(np.mean([h[1] for h in got])) if got else None
+            row["reach_wall_s_std"] = float(np.std([h[1] for h in got])) if got else None
         table[method] = row
     return {"target_method": target_method, "target_horizon": horizon, "target_train_loss": target, "methods": table}
 
 
 def markdown_table(summary: dict, error_name="test_error") -> str:
-    """The summary as a Markdown table."""
+    """The summary as a Markdown table (means ± std over seeds)."""
     tgt = summary["target_train_loss"]
-    head = f"| method | steps | train loss | {error_name} | wall s | ms/step | reach {summary['target_method']} best |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = (f"| method | steps | train loss | {error_name} | wall s | ms/step | "
+            f"steps to {summary['target_method']}'s best | wall s to it |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for m, r in summary["methods"].items():
-        reach = "—" if tgt is None or r.get("reach_step") is None else f"step {r['reach_step']}, {r['reach_wall_s']:.1f} s"
+        if tgt is None:
+            reach = ["—", "—"]
+        elif not r["reached"]:
+            reach = [f"not reached (0/{r['seeds']})", "—"]
+        else:
+            part = "" if r["reached"] == r["seeds"] else f" ({r['reached']}/{r['seeds']} seeds)"
+            reach = [f"{r['reach_step']:.0f} ± {r['reach_step_std']:.0f}{part}",
+                     f"{r['reach_wall_s']:.1f} ± {r['reach_wall_s_std']:.1f}"]
         lines.append(f"| {m} | {r['steps']} | {r['train_loss']:.4g} ± {r['train_loss_std']:.2g} | "
                      f"{r[error_name]:.4g} ± {r[error_name + '_std']:.2g} | {r['wall_time_s']:.1f} | "
-                     f"{r['ms_per_step']:.0f} | {reach} |")
+                     f"{r['ms_per_step']:.0f} | {reach[0]} | {reach[1]} |")
     if tgt is not None:
         lines.append(f"\ntarget: {summary['target_method']}'s best seed-mean training loss within "
                      f"{summary['target_horizon']} steps = {tgt:.4g}")
     return "\n".join(lines)
 
 
+def study_settings_text(results) -> str:
+    """The study's budget and tuning grids as Markdown lines."""
+    lines = [f"- {results['n_train']} training images, batch {results['batch_size']}, up to {results['steps']} steps, "
+             f"{results['seeds']} seed(s); curves on {results['n_eval']} train / test images",
+             f"- tuning: every grid point {results['tune_steps']} steps on seed 0, ranked by training loss"
+             + ("; non-Adam runs stop at Adam's best loss" if results["stop_at_target"] else "")]
+    for m, t in results["tuning"].items():
+        lines.append(f"- {m}: grid {t['grid']} → {t['winner']}")
+    return "\n".join(lines)
+
+
 def run_study(problem, data, *, methods, grids, seeds, steps, tune_steps, batch_size, eval_every, out_dir,
-              progress=True, error_label="test error", target_horizon=2000, title=""):
+              progress=True, error_label="test error", target_horizon=2000, stop_at_target=False, title="",
+              settings=None):
     """Tune every method on seed 0 (same number of grid points each; tuning runs are
     checkpoints the seed-0 final run continues from), train the winners on every seed,
-    write ``results.json`` and ``curves.png`` to ``out_dir``; return the results dict."""
-    from experiments.io import atomic_write_json
+    write ``results.json`` and ``curves.png`` to ``out_dir``; return the results dict.
+
+    Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
+    first evaluation at or below Adam's best seed-mean training loss within
+    ``target_horizon`` steps (or at ``steps``). ``settings`` (e.g. the CLI arguments) are
+    recorded in the results."""
+    from experiments.io import atomic_write_json, atomic_write_text
     from experiments.plotting import save_panels
 
     ckpt_dir = f"{out_dir}/ckpt"
     tuning, runs = {}, {}
+    target = None
+    methods = sorted(methods, key=lambda m: m != "adam")  # stable: Adam first, then as given
     for method in methods:
         grid = grids[method]
         if tune_steps > 0 and len(grid) > 1:
@@ -544,16 +606,23 @@ def run_study(problem, data, *, methods, grids, seeds, steps, tune_steps, batch_
         else:
             best, table = grid[len(grid) // 2], []
         tuning[method] = {"grid": grid, "table": table, "winner": best}
+        stop = target if stop_at_target and method != "adam" else None
         runs[method] = [train(problem, method, best, data, seed=s, steps=steps, batch_size=batch_size,
-                              eval_every=eval_every, ckpt_dir=ckpt_dir, progress=progress) for s in range(seeds)]
+                              eval_every=eval_every, ckpt_dir=ckpt_dir, progress=progress, stop_below=stop)
+                        for s in range(seeds)]
+        if method == "adam":
+            target, _ = adam_target(runs["adam"], target_horizon)
         r = runs[method]
         tqdm.write(f"{method}: winner {best}, final train loss "
                    f"{np.mean([x['train_loss'][-1] for x in r]):.4g}, wall {np.mean([x['wall_time'][-1] for x in r]):.1f} s")
     summary = summarize(runs, horizon=target_horizon)
     results = {"problem": problem.config, "steps": steps, "seeds": seeds, "batch_size": batch_size,
                "tune_steps": tune_steps, "n_train": len(data["train"][0]), "n_eval": len(data["eval_test"][0]),
+               "stop_at_target": stop_at_target, "settings": settings or {},
                "tuning": tuning, "summary": summary, "runs": runs}
     atomic_write_json(f"{out_dir}/results.json", results)
+    atomic_write_text(f"{out_dir}/summary.md", f"# {title}\n\n{study_settings_text(results)}\n\n"
+                      f"{markdown_table(summary)}\n")
     curves = lambda k: {m: [np.asarray(x[k]) for x in rs] for m, rs in runs.items()}  # noqa: E731
     steps_x = {m: [np.asarray(x["step"]) for x in rs] for m, rs in runs.items()}
     wall_x = curves("wall_time")
@@ -565,3 +634,89 @@ def run_study(problem, data, *, methods, grids, seeds, steps, tune_steps, batch_
     ]
     save_panels(f"{out_dir}/curves.png", panels, suptitle=title)
     return results
+
+
+# ------------------------------------------------------------------------ command line
+
+
+def study_parser(prog, doc, *, defaults, full) -> argparse.ArgumentParser:
+    """The argument parser shared by the K-FAC studies; ``defaults`` are the quick run's
+    values, ``full`` those ``--full`` substitutes for arguments left at their default."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help="comma-separated subset of %(default)s (kfac-jax is skipped when not installed)")
+    for name, kind, text in (("steps", int, "training steps per run"), ("seeds", int, "seeds per method"),
+                             ("batch-size", int, "mini-batch size"), ("train-size", int, "training images used"),
+                             ("eval-size", int, "train / test images the curves are measured on"),
+                             ("eval-every", int, "steps between evaluations"),
+                             ("tune-steps", int, "steps per grid point on seed 0 (0: no tuning, middle grid point)")):
+        ap.add_argument(f"--{name}", type=kind, default=defaults[name.replace("-", "_")], help=text)
+    ap.add_argument("--stop-at-target", action="store_true", default=defaults.get("stop_at_target", False),
+                    help="stop each non-Adam run once it reaches Adam's best training loss")
+    ap.add_argument("--full", action="store_true", help="the full study: " + ", ".join(f"{k}={v}" for k, v in full.items()))
+    ap.add_argument("--out", default=None, help="output directory")
+    ap.add_argument("--fresh", action="store_true", help="delete this study's checkpoints first")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.set_defaults(_full=full)
+    return ap
+
+
+def parse_study_args(ap: argparse.ArgumentParser, argv=None):
+    """Parse, apply ``--full``, resolve the methods and validate; returns the namespace
+    (``args.methods`` becomes a list)."""
+    args = ap.parse_args(argv)
+    full = args._full
+    del args._full
+    if args.full:
+        for k, v in full.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
+    args.methods = select_methods(args.methods)
+    for name in ("steps", "seeds", "batch_size", "train_size", "eval_size", "eval_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.tune_steps < 0:
+        raise ValueError(f"--tune-steps must be >= 0, got {args.tune_steps}")
+    if args.batch_size > args.train_size:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds --train-size {args.train_size}")
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    return args
+
+
+def select_methods(spec: str) -> list[str]:
+    """Comma-separated method names; kfac-jax is dropped (with a note) when not installed."""
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    if "kfac-jax" in methods and not kfac_jax_available():
+        print("kfac-jax is not installed (pip install -e '.[ref]'): skipping it")
+        methods.remove("kfac-jax")
+    return methods
+
+
+def study_mnist(args):
+    """MNIST (``classical.data.load_mnist``) after checking the requested subset sizes."""
+    from classical.data import load_mnist
+
+    mnist = load_mnist()
+    if args.train_size > len(mnist.x_train) or args.eval_size > len(mnist.x_test):
+        raise ValueError(f"MNIST has {len(mnist.x_train)} train / {len(mnist.x_test)} test images")
+    return mnist
+
+
+def study_out(out: str, fresh: bool) -> str:
+    """``out``, with its checkpoints deleted first when ``fresh``."""
+    if fresh:
+        shutil.rmtree(f"{out}/ckpt", ignore_errors=True)
+    return out
+
+
+def print_study(res, out):
+    """The tuning tables and the summary table of a finished study."""
+    for m, t in res["tuning"].items():
+        if t["table"]:
+            grid = ", ".join(f"{row['hparams']}: {row['final_train_loss']:.4g}" for row in t["table"])
+            print(f"tuning {m}: {grid} -> {t['winner']}")
+    print(markdown_table(res["summary"], "test_error"))
+    print(f"wrote {out}/results.json and {out}/curves.png\n")

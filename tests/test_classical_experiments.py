@@ -75,14 +75,19 @@ def _hist(steps, walls, losses, diverged=False):
 
 def test_summary_reach_target():
     adam = [_hist([0, 10, 20], [0, 1, 2], [9.0, 5.0, 4.0]), _hist([0, 10, 20], [0, 1.2, 2.2], [9.0, 5.0, 6.0])]
-    kfac = [_hist([0, 10, 20], [0, 3, 6], [9.0, 4.0, 2.0])]
-    s = kc.summarize({"adam": adam, "kfac": kfac}, horizon=20)
+    kfac = [_hist([0, 10, 20], [0, 3, 6], [9.0, 4.0, 2.0]), _hist([0, 10, 20], [0, 3, 7], [9.0, 6.0, 5.0])]
+    sgd = [_hist([0, 10, 20], [0, 1, 2], [9.0, 8.0, 7.0])]
+    s = kc.summarize({"adam": adam, "kfac": kfac, "sgd": sgd}, horizon=20)
     assert s["target_train_loss"] == 5.0  # best of the seed mean (9, 5, 5)
-    assert s["methods"]["kfac"]["reach_step"] == 10 and s["methods"]["kfac"]["reach_wall_s"] == 3.0
-    assert s["methods"]["adam"]["reach_step"] == 10 and np.isclose(s["methods"]["adam"]["reach_wall_s"], 1.1)
-    assert np.isclose(s["methods"]["adam"]["train_loss"], 5.0) and np.isclose(s["methods"]["adam"]["train_loss_std"], 1.0)
+    k = s["methods"]["kfac"]  # seed 0 reaches 5 at step 10 (3 s), seed 1 at step 20 (7 s)
+    assert k["reached"] == 2 and k["reach_step"] == 15 and k["reach_step_std"] == 5 and k["reach_wall_s"] == 5.0
+    a = s["methods"]["adam"]
+    assert a["reach_step"] == 10 and np.isclose(a["reach_wall_s"], 1.1)
+    assert np.isclose(a["train_loss"], 5.0) and np.isclose(a["train_loss_std"], 1.0)
+    assert s["methods"]["sgd"]["reached"] == 0 and s["methods"]["sgd"]["reach_step"] is None
     assert kc.first_reach([0, 1], [0, 1], [3.0, 2.0], 1.0) == (None, None)
-    assert "| kfac | 20 |" in kc.markdown_table(s)
+    table = kc.markdown_table(s)
+    assert "| kfac | 20 |" in table and "| 15 ± 5 | 5.0 ± 2.0 |" in table and "not reached (0/1)" in table
 
 
 # ------------------------------------------------------------------- resume
@@ -125,6 +130,21 @@ def test_killed_run_resumes_to_identical_result(tiny, tmp_path, method, hp):
     assert len(seen) == 10 and again["train_loss"] == resumed["train_loss"]
 
 
+def test_run_stops_at_target_and_stays_stopped(tiny, tmp_path):
+    problem, data = tiny
+    kw = dict(seed=0, steps=40, batch_size=32, eval_every=10, progress=False, ckpt_dir=tmp_path)
+    ref = kc.train(problem, "sgd", {"lr": 0.1}, data, **kw)
+    target = ref["train_loss"][2] * (1 + 1e-5)
+    at, _ = kc.first_reach(ref["step"], ref["wall_time"], ref["train_loss"], target)  # 20, or 10 if not monotone
+    kw["ckpt_dir"] = tmp_path / "stop"
+    stopped = kc.train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, **kw)
+    assert stopped["step"][-1] == at and at < 40
+    np.testing.assert_allclose(stopped["train_loss"], ref["train_loss"][: len(stopped["step"])], rtol=1e-6)
+    seen = []
+    again = kc.train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, on_step=seen.append, **kw)
+    assert not seen and again["step"] == stopped["step"]  # resumption does not continue past the target
+
+
 def test_diverging_run_is_stopped_and_reported(tiny):
     problem, data = tiny
     run = kc.train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
@@ -160,7 +180,7 @@ def test_autoencoder_study_smoke(tmp_path):
     for key in ("problem", "tuning", "summary", "runs", "steps", "seeds"):
         assert key in res
     for m in methods.split(","):
-        assert len(res["tuning"][m]["table"]) == 3 and res["tuning"][m]["winner"] in res["tuning"][m]["grid"]
+        assert len(res["tuning"][m]["table"]) == 4 and res["tuning"][m]["winner"] in res["tuning"][m]["grid"]
         for run in res["runs"][m]:
             assert run["step"] == [0, 3, 6]
             for k in ("train_loss", "test_error", "wall_time"):
