@@ -28,8 +28,9 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from experiments import quantum_cli
 from experiments import quantum_common as qc
-from experiments.io import Checkpoint, atomic_savefig, results_dir
+from experiments.io import Checkpoint, atomic_savefig
 
 # Step sizes: the winners of the n = 4 step-size search of the gibbs study (results/gibbs/n4).
 STEP_SIZES = {"adam": 0.1, "gd": 0.1, "qpngd": 1.0, "qpngd-k": 0.3, "qpmd": 1.0, "qng": 0.1}
@@ -223,26 +224,19 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     """The short study (n = 4, Adam and QPNGD, one seed)."""
-    qc.enable_compile_cache()
-    return run_study({**DEFAULT, **overrides}, outdir or results_dir("sequence"), progress=progress)
+    return quantum_cli.quick("sequence", run_study, DEFAULT, outdir, progress=progress, **overrides)
 
 
-def main(argv=None) -> int:
-    parser = qc.study_parser("sequence", __doc__.split("\n\n")[0])
+def _flags(parser):
     parser.add_argument("--kinds", nargs="+", choices=["imaginary", "real"], help="which sequences")
     parser.add_argument("--trotter-steps", type=int, help="number of real-time Trotter steps")
     parser.add_argument("--dt", type=float, help="Trotter time step")
     parser.add_argument("--tol", type=float, help="tolerance above the per-point floor D*_k")
-    args = parser.parse_args(argv)
-    config = qc.resolve_config(args, DEFAULT, FULL)
-    qc.enable_compile_cache()
-    outdir = args.out or results_dir("sequence")
-    result = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
-    print(result["table"])
-    for s in result["sequences"]:
-        print(f"plot: {s['plot']}")
-    print(f"summary: {Path(outdir) / 'summary.json'}")
-    return 0
+
+
+def main(argv=None) -> int:
+    return quantum_cli.main(argv, name="sequence", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
+                            add_flags=_flags, report=lambda result: [f"plot: {s['plot']}" for s in result["sequences"]])
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ import numpy as np
 import optax
 
 from qgeom.optimize._checks import check_count, check_positive
-from qgeom.optimize.natural import _all_finite
-from qgeom.optimize.runner import FitResult
+from qgeom.optimize.runner import FitResult, make_step
 from qgeom.quantum import entropy, fidelity, gibbs_state, hamiltonian_matrix, log_partition, qmhl_loss, vqt_loss
 from qgeom.quantum.thermo import check_density_matrix
 
@@ -62,9 +61,9 @@ _COMPILED: dict = {}
 def _compiled(model, optimizer, family: str, H=None):
     """(step, value, used): jitted once per (model, optimizer, family); the target is an argument.
 
-    step(params, state, data) → (new params, state, L(params), all finite), as
-    ``runner.make_step`` with ``data`` traced; value(params, data) → L(params); ``used`` is
-    non-empty once the step has been compiled.
+    step(params, state, data) → (new params, state, L(params), all finite) is
+    ``runner.make_step``'s; value(params, data) → L(params); ``used`` is non-empty once the
+    step has been compiled.
     ``family`` "vqt" (data = β; H fixed, keyed by its matrix) or "qmhl" (data = σ).
     """
     key = (model, optimizer, family)
@@ -80,17 +79,9 @@ def _compiled(model, optimizer, family: str, H=None):
     else:
         def loss_fn(params, sigma):
             return qmhl_loss(model, sigma)(params)
-    transform = optimizer
-    if not isinstance(transform, optax.GradientTransformationExtraArgs):
-        transform = optax.with_extra_args_support(transform)
-
-    def step(params, state, data):
-        value, grads = jax.value_and_grad(loss_fn)(params, data)
-        updates, state = transform.update(grads, state, params, value=value)
-        new = optax.apply_updates(params, updates)
-        return new, state, value, jnp.isfinite(value) & _all_finite(grads, new)
-
-    _COMPILED[key] = jax.jit(step), jax.jit(loss_fn), []  # [] until first used
+    if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
+        optimizer = optax.with_extra_args_support(optimizer)
+    _COMPILED[key] = make_step(loss_fn, optimizer), jax.jit(loss_fn), []  # [] until first used
     return _COMPILED[key]
 
 
