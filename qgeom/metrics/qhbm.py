@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pennylane as qml
 
+from qgeom.linalg import cmatmul
 from qgeom.metrics.base import BlockDiagonal, DenseMetric
 
 
@@ -104,14 +105,16 @@ def circuit_generators(circuit, phi):
 
     jac = jax.jacrev(angles)(phi).reshape(len(gens), -1)  # (gates, P_φ)
     v = jnp.eye(d, dtype=jnp.complex128).reshape((2,) * n + (d,))
-    per_gate, it = [], iter(gens)
+    prefixes, h_prefixes, it = [], [], iter(gens)
     for op in ops:
         pos = tuple(pos_of[w] for w in op.wires.tolist())
         v = _apply_gate(op.matrix(), pos, v)
         if op.num_params == 1:
-            hv = _apply_gate(next(it), pos, v).reshape(d, d)
-            per_gate.append(-(v.reshape(d, d).conj().T @ hv))
-    return jnp.einsum("gp,gkl->pkl", jac.astype(jnp.complex128), jnp.stack(per_gate))
+            prefixes.append(v.reshape(d, d))
+            h_prefixes.append(_apply_gate(next(it), pos, v).reshape(d, d))
+    # all V_g† (H_g V_g) in one batched product, as real GEMMs (qgeom.linalg: ~3.5× faster on CPU)
+    per_gate = -cmatmul(jnp.stack(prefixes).conj(), jnp.stack(h_prefixes), "gki,gkl->gil")
+    return cmatmul(jac.T, per_gate.reshape(len(gens), -1)).reshape(-1, d, d)
 
 
 def circuit_bkm_matrix(gens, log_p):
@@ -119,7 +122,8 @@ def circuit_bkm_matrix(gens, log_p):
     p = jnp.exp(log_p)
     w = (p[:, None] - p[None, :]) * (log_p[:, None] - log_p[None, :])
     m = gens.reshape(gens.shape[0], -1) * jnp.sqrt(jnp.maximum(w, 0.0)).reshape(-1)
-    return jnp.real(m @ m.conj().T)
+    x = jnp.concatenate([m.real, m.imag], axis=1)  # Re(M M†) = M_r M_rᵀ + M_i M_iᵀ, one real GEMM
+    return x @ x.T
 
 
 def qhbm_bkm(model, params):

@@ -1,0 +1,30 @@
+"""Complex matrix products as real ones.
+
+XLA:CPU multiplies complex128 matrices far more slowly than float64 ones: a batch of
+36 products of 64×64 complex128 matrices took 15.6 ms as one complex ``einsum`` and 4.3 ms
+as four float64 ``einsum`` s on this machine (jaxlib 0.7.1, 2 cores). Every hot complex
+product in qgeom (circuit blocks applied to states, the QHBM metric's generators) goes
+through :func:`cmatmul`: (A_r + iA_i)(B_r + iB_i) = (A_rB_r − A_iB_i) + i(A_rB_i + A_iB_r).
+Differentiable (only real ops), exact up to float rounding.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def cmatmul(a, b, subscripts: str | None = None):
+    """``a @ b`` (or ``jnp.einsum(subscripts, a, b)``) for complex operands via four real products.
+
+    Real operands skip the split. The result is complex unless both inputs are real.
+    """
+    prod = jnp.matmul if subscripts is None else (lambda x, y: jnp.einsum(subscripts, x, y))
+    a_complex, b_complex = jnp.iscomplexobj(a), jnp.iscomplexobj(b)
+    if not (a_complex or b_complex):
+        return prod(a, b)
+    if not a_complex:
+        return prod(a, b.real) + 1j * prod(a, b.imag)
+    if not b_complex:
+        return prod(a.real, b) + 1j * prod(a.imag, b)
+    ar, ai, br, bi = a.real, a.imag, b.real, b.imag
+    return (prod(ar, br) - prod(ai, bi)) + 1j * (prod(ar, bi) + prod(ai, br))
