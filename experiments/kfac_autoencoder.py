@@ -45,7 +45,7 @@ GRIDS = {
 DEFAULTS = {"steps": 60, "seeds": 1, "batch_size": 100, "train_size": 5000, "eval_size": 1000, "eval_every": 10,
             "tune_steps": 0}
 
-FULL = {"train_size": 20000, "eval_size": 2000, "batch_size": 250, "steps": 2000, "seeds": 2, "tune_steps": 200,
+FULL = {"train_size": 20000, "eval_size": 1000, "batch_size": 250, "steps": 2000, "seeds": 2, "tune_steps": 200,
         "eval_every": 25, "stop_at_target": True}
 
 

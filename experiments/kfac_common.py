@@ -347,7 +347,10 @@ def single_threaded_blas():
     cores and its spinning threads made that step 3–30× slower on this 2-core machine
     (measured: refresh step +0.7–19 s over a plain step; with one BLAS thread, +0.25 s,
     stable). Every study and benchmark contender (ours, kfac-jax, optax) runs under it.
+    jaxlib loads scipy's OpenBLAS lazily, at the first linear-algebra call; it is loaded
+    here first, or the limit would miss it.
     """
+    import scipy.linalg.cython_lapack  # noqa: F401  (the OpenBLAS jaxlib's LAPACK kernels use)
     import threadpoolctl
 
     return threadpoolctl.threadpool_limits(1, user_api="blas")

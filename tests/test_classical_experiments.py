@@ -188,3 +188,13 @@ def test_autoencoder_study_smoke(tmp_path):
             assert run["train_loss"][-1] < run["train_loss"][0]
         row = res["summary"]["methods"][m]
         assert row["seeds"] == 2 and np.isfinite(row["ms_per_step"])
+
+
+def test_single_threaded_blas_reaches_jaxlib_lapack():
+    """The limit covers the OpenBLAS that jaxlib's LAPACK kernels load lazily."""
+    import threadpoolctl
+
+    with kc.single_threaded_blas():
+        jnp.linalg.cholesky(jnp.eye(3)).block_until_ready()
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
