@@ -26,8 +26,8 @@ from pathlib import Path
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from experiments import quantum_common as qc
-from experiments.io import Checkpoint, results_dir
+from experiments import quantum_cli, quantum_common as qc
+from experiments.io import Checkpoint
 
 DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
                ansatz="cx3", grid="short", max_cpu=None)
@@ -97,29 +97,29 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
 
 def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     """The short study (n = 4, β = 1, about a minute or two): what ``make run`` calls."""
-    qc.enable_compile_cache()
-    config = {**DEFAULT, **overrides}
-    return run_study(config, outdir or results_dir("gibbs"), progress=progress)
+    return quantum_cli.quick("gibbs", run_study, DEFAULT, outdir, progress=progress, **overrides)
 
 
-def main(argv=None) -> int:
-    parser = qc.study_parser("gibbs", __doc__.split("\n\n")[0])
-    parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
-    args = parser.parse_args(argv)
-    config = qc.resolve_config(args, DEFAULT, FULL)
-    qc.enable_compile_cache()
-    outdir = args.out or results_dir("gibbs")
-    summary = run_study(config, outdir, fresh=args.fresh, progress=not args.no_progress)
-    print(summary["table"])
+def _report(summary: dict) -> list[str]:
+    lines = []
     for p in summary["problems"]:
         h = p["headline"]
         for clock in ("wall_s", "cpu_s") if h else ():
             ratios = ", ".join(f"{m}={r:.2f}" if r is not None else f"{m}=not reached"
                                for m, r in h[f"ratios_{clock}"].items())
-            print(f"n={p['n']} β={p['beta']:g}: {clock[:-2]} time to D*+0.01 relative to Adam: {ratios} (target ≤ 0.33)")
-        print(f"plot: {p['plot']}")
-    print(f"summary: {Path(outdir) / 'summary.json'}")
-    return 0
+            lines.append(f"n={p['n']} β={p['beta']:g}: {clock[:-2]} time to D*+0.01 relative to Adam: {ratios} "
+                         "(target ≤ 0.33)")
+        lines.append(f"plot: {p['plot']}")
+    return lines
+
+
+def _flags(parser) -> None:
+    parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
+
+
+def main(argv=None) -> int:
+    return quantum_cli.main(argv, name="gibbs", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
+                            add_flags=_flags, report=_report)
 
 
 if __name__ == "__main__":

@@ -173,16 +173,18 @@ class Stepper(NamedTuple):
 # Method settings beyond the step size (fixed, stated in the summaries):
 # * qpngd  — exact BKM natural gradient with the authors' damping (shift 1 when
 #            λ_min(G) ≤ 1, ridge 1e-2), metric refreshed every step;
-# * qpngd-k — amortized curvature: BKM metric refreshed every 10 steps, no shift, ridge
+# * qpngd-k — amortized curvature: BKM metric refreshed every 20 steps, no shift, ridge
 #            starting at 1 and adapted Levenberg–Marquardt style from the reduction
-#            ratio within [1e-3, 1e3];
+#            ratio within [1e-3, 1e3], steps bounded in the metric, δᵀGδ ≤ 2 (chosen on
+#            n = 6, cx3, 4 seeds among k ∈ {10, 20, 40, 50}, δᵀGδ ≤ {0.2, 0.5, 2, ∞});
 # * qpmd   — mirror descent, α = 0.5, 10 inner Adam steps at 0.02 on the frozen
 #            modular Hamiltonian;
 # * qng    — Fubini–Study QNG on the circuit part, ridge 1e-2;
 # * adam, gd — optax.
 METHOD_KWARGS = {
     "qpngd": {},
-    "qpngd-k": dict(refresh_every=10, adapt_damping=True, shift=0.0, damping=1.0, damping_bounds=(1e-3, 1e3)),
+    "qpngd-k": dict(refresh_every=20, adapt_damping=True, shift=0.0, damping=1.0, damping_bounds=(1e-3, 1e3),
+                    max_norm=2.0),
     "qpmd": dict(alpha=0.5, inner_steps=10, inner_lr=0.02),
     "qng": {},
     "adam": {},
@@ -614,7 +616,8 @@ def study_parser(name: str, description: str):
     p.add_argument("--steps", type=int, help="iterations of every long run")
     p.add_argument("--search-steps", type=int, help="iterations of every step-size search run")
     p.add_argument("--methods", nargs="+", help=f"subset of {sorted(GRIDS)}")
-    p.add_argument("--ansatz", help="QHBM ansatz: heL (order-2 parity + L HE layers), heLfull, qaoaL")
+    p.add_argument("--ansatz", help="QHBM ansatz: cxL (order-2 parity + L RY/RZ + CNOT-ladder layers; default cx3), "
+                   "heL (RX/RZ + CZ layers), cxLfull/heLfull (full-order parity), qaoaL")
     p.add_argument("--max-cpu", type=float, help="cap on each run's optimizer CPU seconds")
     p.add_argument("--out", help="output directory (default results/<study>)")
     p.add_argument("--fresh", action="store_true", help="ignore and clear the checkpoint")
