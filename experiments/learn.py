@@ -127,7 +127,7 @@ def plot_vs_shots(rows: list[dict], path, title: str):
     bars; solid: physical estimate, dotted: unbiased; dashed horizontal: from exact σ."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     for i, method in enumerate(methods):
         color = f"C{i % 10}"
@@ -147,9 +147,10 @@ def plot_vs_shots(rows: list[dict], path, title: str):
     axes[1].set(xscale="log", xlabel="shots (classical-shadow measurements)", ylabel="final fidelity (squared)")
     for ax in axes:
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize="x-small")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize="x-small")
     fig.suptitle(title + "\nmean ± std over seeds; dashed: trained on the exact σ", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.84, 1))
     try:
         return atomic_savefig(fig, path)
     finally:

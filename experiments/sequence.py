@@ -32,8 +32,9 @@ from experiments import quantum_cli
 from experiments import quantum_common as qc
 from experiments.io import Checkpoint, atomic_savefig
 
-# Step sizes: the winners of the n = 4 step-size search of the gibbs study (results/gibbs/n4).
-STEP_SIZES = {"adam": 0.1, "gd": 0.1, "qpngd": 1.0, "qpngd-k": 0.3, "qpmd": 1.0, "qng": 0.1}
+# Step sizes: the winners of the gibbs study's step-size search at n = 4, β = 1, ansatz cx3
+# (`qgeom gibbs --n 4 --betas 1 --seeds 0 --steps 100 --search-steps 100 --grid full`).
+STEP_SIZES = {"adam": 0.1, "gd": 0.3, "qpngd": 1.0, "qpngd-k": 1.0, "qpmd": 0.3, "qng": 0.1}
 DEFAULT = dict(n=[4], betas=[0.5, 1.083, 1.667, 2.25], seeds=[0], steps=100, methods=["adam", "qpngd"],
                ansatz="cx3", kinds=["imaginary", "real"], trotter_steps=4, dt=0.1, real_beta=1.0, tol=0.01)
 FULL = dict(DEFAULT, seeds=[0, 1, 2], steps=400, methods=["adam", "qpngd", "qpngd-k", "qpmd"], trotter_steps=6)
