@@ -76,11 +76,15 @@ class Metric(abc.ABC):
     def _like(self) -> PyTree:
         """A pytree shaped like the parameters (used to ravel/unravel and validate)."""
 
+    def _flat(self, v: PyTree):
+        """``ravel_pytree(v)`` after checking that ``v`` is shaped like the parameters."""
+        check_like(v, self._like(), "v")
+        return ravel_pytree(v)
+
     def solve(self, v: PyTree, damping=0.0) -> PyTree:
         """(G + damping·I)⁻¹ v by a dense Cholesky-free symmetric solve (small P only)."""
         check_damping(damping)
-        check_like(v, self._like(), "v")
-        flat, unravel = ravel_pytree(v)
+        flat, unravel = self._flat(v)
         g = self.dense()
         x = jnp.linalg.solve(g + damping * jnp.eye(g.shape[0], dtype=g.dtype), flat)
         return unravel(x.astype(flat.dtype))
@@ -97,8 +101,7 @@ class DenseMetric(Metric):
         return self.params
 
     def mv(self, v):
-        check_like(v, self.params, "v")
-        flat, unravel = ravel_pytree(v)
+        flat, unravel = self._flat(v)
         return unravel((self.matrix @ flat).astype(flat.dtype))
 
     def dense(self):

@@ -48,10 +48,6 @@ class LowRankPlusDiagonal(Metric):
     def _like(self):
         return self.params
 
-    def _flat(self, v):
-        check_like(v, self.params, "v")
-        return ravel_pytree(v)
-
     def mv(self, v):
         flat, unravel = self._flat(v)
         out = self.U @ (self.s * (self.U.T @ flat))
@@ -159,10 +155,6 @@ class GradientWindow(Metric):
 
     def _like(self):
         return self.params
-
-    def _flat(self, v):
-        check_like(v, self.params, "v")
-        return ravel_pytree(v)
 
     def mv(self, v):
         flat, unravel = self._flat(v)
