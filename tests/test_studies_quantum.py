@@ -48,7 +48,11 @@ def test_reach_analysis_matches_hand_values():
     other = dict(trace, D=np.array([1.0, 0.15, 0.1, 0.1, 0.1, 0.1]))
     r = qc.reach_summary([trace, other], 0.2)
     assert r["reached"] == "2/2" and r["iterations"] == 1.5 and r["grad_evals"] == 16.5
-    assert qc.reach_summary([trace, other], 0.105)["reached"] == "1/2"
+    r = qc.reach_summary([trace, other], 0.105)
+    assert r["reached"] == "1/2"
+    # expected running time with restarts: the failed seed is charged its whole run
+    assert (r["ert_cpu_s"], r["ert_wall_s"], r["ert_iterations"]) == (1.25 + 0.5, 2.0 + 1.0, 4 + 2)
+    assert qc.reach_summary([trace], 0.105)["ert_cpu_s"] is None
     assert qc.floor_estimate({"a": [trace], "b": [other]}) == 0.1
     # search score: mean D over the last tenth (here the last finite point); a NaN stop scores inf
     assert qc.search_score(dict(trace, status="ok")) == 0.11
