@@ -53,8 +53,7 @@ def test_hand_made_spectra_match_smolin_gambetta_smith(mu, expected):
 
 def test_random_unit_trace_matrices_match_the_loop():
     rng = np.random.default_rng(0)
-    for seed in range(20):
-        d = int(rng.integers(2, 9))
+    for seed, d in enumerate((3, 3, 3, 8, 8, 8, 8, 8)):
         mu = rng.normal(size=d)
         mu = mu - mu.mean() + 1 / d  # unit trace, typically several negative eigenvalues
         a, u = in_basis(mu, seed)
