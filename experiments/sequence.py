@@ -73,8 +73,11 @@ def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, st
             model, H, config["betas"], opt, steps, tol=config["tol"], warm=start == "warm", key=key)))
     sigma0 = gibbs_state(hamiltonian_matrix(H), config["real_beta"])
     # σ_0 fitted once by QMHL: the warm chain's first start
-    first = cells.run(qc.cell_key(**common, start="sigma0", real_beta=config["real_beta"]), lambda: [{
-        "params": jax.tree_util.tree_map(np.asarray, sequence.fit_qmhl(model, sigma0, opt, steps, model.init(key)).params)}])
+    def fit_sigma0():
+        res = sequence.fit_qmhl(model, sigma0, opt, steps, model.init(key))
+        return [{"params": jax.tree_util.tree_map(np.asarray, res.params)}]
+
+    first = cells.run(qc.cell_key(**common, start="sigma0", real_beta=config["real_beta"]), fit_sigma0)
     cell = qc.cell_key(**common, start=start, real_beta=config["real_beta"], dt=config["dt"],
                        trotter_steps=config["trotter_steps"])
     return cells.run(cell, lambda: _points(sequence.real_time(
