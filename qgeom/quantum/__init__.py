@@ -7,7 +7,7 @@ from qgeom.quantum.hamiltonians import hamiltonian_matrix, pauli_tables, sparse_
 from qgeom.quantum.limits import MAX_DENSE_BYTES, check_dense
 from qgeom.quantum.losses import qmhl_loss, vqt_loss
 from qgeom.quantum.qhbm import QHBM, PreparedObservable
-from qgeom.quantum.shadows import ShadowData, measure_shadows
+from qgeom.quantum.shadows import ShadowData, measure_shadows, nearest_density_matrix
 from qgeom.quantum.thermo import (
     check_beta,
     check_density_matrix,
@@ -26,7 +26,7 @@ __all__ = [
     "Bernoulli", "Circuit", "FreeFermionThermo", "tfim_free_fermion", "Ising", "MAX_DENSE_BYTES", "Parity", "PreparedObservable", "QHBM",
     "ShadowData", "ZProductEBM", "basis_bits", "bits_to_index", "check_beta", "check_dense",
     "check_density_matrix", "entropy", "fidelity", "free_energy", "gibbs_state",
-    "hamiltonian_matrix", "hardware_efficient", "log_partition", "measure_shadows",
+    "hamiltonian_matrix", "hardware_efficient", "log_partition", "measure_shadows", "nearest_density_matrix",
     "pauli_tables", "qmhl_loss", "relative_entropy", "sparse_matrix", "tfim", "tfim_qaoa",
     "thermal_energy", "thermal_entropy", "trace_distance", "vqt_loss",
 ]
