@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,7 @@ import numpy as np
 import optax
 
 from qgeom.optimize._checks import check_count, check_positive
-from qgeom.optimize.runner import FitResult, make_step
+from qgeom.optimize.runner import FitResult, fit, make_step
 from qgeom.quantum import entropy, fidelity, gibbs_state, hamiltonian_matrix, log_partition, qmhl_loss, vqt_loss
 from qgeom.quantum.thermo import check_density_matrix
 
@@ -59,11 +58,8 @@ _COMPILED: dict = {}
 
 
 def _compiled(model, optimizer, family: str, H=None):
-    """(step, value, used): jitted once per (model, optimizer, family); the target is an argument.
-
-    step(params, state, data) → (new params, state, L(params), all finite) is
-    ``runner.make_step``'s; value(params, data) → L(params); ``used`` is non-empty once the
-    step has been compiled.
+    """(loss, step): ``runner.make_step``'s jitted step, built once per (model, optimizer,
+    family) with the target as an argument: step(params, state, data).
     ``family`` "vqt" (data = β; H fixed, keyed by its matrix) or "qmhl" (data = σ).
     """
     key = (model, optimizer, family)
@@ -81,42 +77,13 @@ def _compiled(model, optimizer, family: str, H=None):
             return qmhl_loss(model, sigma)(params)
     if not isinstance(optimizer, optax.GradientTransformationExtraArgs):
         optimizer = optax.with_extra_args_support(optimizer)
-    _COMPILED[key] = make_step(loss_fn, optimizer), jax.jit(loss_fn), []  # [] until first used
+    _COMPILED[key] = loss_fn, make_step(loss_fn, optimizer)
     return _COMPILED[key]
 
 
 def _fit(compiled, optimizer, params, data, steps) -> FitResult:
-    """``runner.fit``'s loop (no early stop) on a compiled (step, value) pair with traced ``data``."""
-    step, value_fn, used = compiled
-    extra = int(getattr(optimizer.update, "extra_grad_evals", 0))
-    state = optimizer.init(params)
-    compile_time = 0.0
-    if not used:  # first use: compile (and one discarded step) outside the clock
-        t0 = time.perf_counter()
-        jax.block_until_ready(step(params, state, data))
-        compile_time = time.perf_counter() - t0
-        used.append(True)
-    losses, times, evals = [], [], []
-    status, elapsed, prev = "completed", 0.0, None
-    for t in range(steps):
-        t0 = time.perf_counter()
-        new, new_state, value, ok = step(params, state, data)
-        ok, value = bool(ok), float(value)
-        elapsed += time.perf_counter() - t0
-        if not ok:
-            status = f"stopped at step {t}: non-finite loss, gradient or update (loss = {value})"
-            if not np.isfinite(value) and prev is not None:  # params_t itself is bad: step back
-                params, state = prev
-            break
-        losses.append(value)
-        times.append(elapsed)
-        evals.append((t + 1) * (1 + extra))
-        prev = (params, state)
-        params, state = new, new_state
-    final = float(value_fn(params, data))
-    if not np.isfinite(final):
-        status = f"{status}; final loss is not finite ({final})"
-    return FitResult(params, state, losses, times, evals, status, final, compile_time)
+    loss_fn, step = compiled
+    return fit(loss_fn, params, optimizer, steps, data=(data,), step=step)
 
 
 def fit_vqt(model, H, beta, optimizer, steps, params) -> FitResult:
