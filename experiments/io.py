@@ -69,11 +69,17 @@ def atomic_write_json(path, obj) -> Path:
 
 
 def atomic_savefig(fig, path, **kwargs) -> Path:
-    """``fig.savefig`` to ``path`` atomically (format from the suffix)."""
+    """``fig.savefig`` to ``path`` atomically (format from the suffix), then close ``fig``
+    (also when saving fails)."""
+    import matplotlib.pyplot as plt
+
     fmt = Path(path).suffix.lstrip(".") or "png"
     kwargs.setdefault("dpi", 130)
     kwargs.setdefault("bbox_inches", "tight")
-    return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format=fmt, **kwargs))
+    try:
+        return _atomic_write(Path(path), lambda fh: fig.savefig(fh, format=fmt, **kwargs))
+    finally:
+        plt.close(fig)
 
 
 class Checkpoint:

@@ -151,10 +151,7 @@ def plot_vs_shots(rows: list[dict], path, title: str):
     fig.legend(handles, labels, loc="center right", fontsize="x-small")
     fig.suptitle(title + "\nmean ± std over seeds; dashed: trained on the exact σ", fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.84, 1))
-    try:
-        return atomic_savefig(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_savefig(fig, path)
 
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:

@@ -85,7 +85,4 @@ def save_panels(path, panels: list[dict], ncols: int = 2, suptitle: str = ""):
     if suptitle:
         fig.suptitle(suptitle)
     fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_savefig(fig, path)

@@ -609,10 +609,7 @@ def plot_study(runs: dict, path, title: str, *, ylabel: str = r"$D(\rho\,\|\,\si
         note += f"; black: D* = {d_star:.3g} (solid), D*+0.01 (dotted), D*+0.05 (dashed)"
     fig.suptitle(title + note, fontsize=10)
     fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_savefig(fig, path)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -176,10 +176,7 @@ def plot_sequence(summaries: dict, path, title: str, xlabel: str, budget: int):
     axes[0].legend(fontsize="small")
     fig.suptitle(title + f"\nopen markers at the dotted line: tolerance not reached in {budget} steps", fontsize=10)
     fig.tight_layout()
-    try:
-        return atomic_savefig(fig, path)
-    finally:
-        plt.close(fig)
+    return atomic_savefig(fig, path)
 
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
