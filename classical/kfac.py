@@ -354,9 +354,8 @@ class KFAC:
         v0 = state.velocity
 
         if self.learning_rate is None:
-            stacked = _tmap(lambda a, b: jnp.stack([a, b]), nat, v0)
             # Exact Fisher (= GGN) products: mean_n (J u)ᵀ H (J v) from two JVPs of the network.
-            jd, j0 = jax.vmap(jvp)(stacked)
+            jd, j0 = jvp(nat), jvp(v0)  # (two calls measured faster than one vmapped over both)
             fdd = jnp.mean(dist.hessian_quad(out_s, jd, jd))
             fd0 = jnp.mean(dist.hessian_quad(out_s, jd, j0))
             f00 = jnp.mean(dist.hessian_quad(out_s, j0, j0))

@@ -280,7 +280,7 @@ def _ours_method(name, problem, hp, seed) -> Method:
     kwargs = {_OURS_ARGS[k]: v for k, v in hp.items()}
     kwargs.setdefault("min_damping", 1e-5)
     kwargs.setdefault("max_damping", 1000.0)
-    opt = cls(problem.net, l2_reg=problem.l2, seed=seed, **kwargs)
+    opt = cls(problem.net, l2_reg=problem.l2, seed=seed, donate_state=True, **kwargs)  # as kfac-jax does
 
     def step(params, state, batch, key, t):
         params, state, info = opt.step(params, state, batch)
@@ -451,13 +451,12 @@ def _train(
         wall += time.perf_counter() - start
         t += 1
         bad = 0 if np.isfinite(loss) else bad + 1
+        params, opt_state = new_params, new_state  # (the old ones may have been donated to the step)
         if bad and (not m.handles_nonfinite or bad >= MAX_BAD):
             diverged = True
             tqdm.write(f"[{method} s{seed} {hparams}] non-finite loss at step {t}: run stopped (diverged)")
-        else:
-            params, opt_state = new_params, new_state
-            if not bad:
-                losses.append(loss)
+        elif not bad:
+            losses.append(loss)
         bar.update(1)
         if t % eval_every == 0 or t == steps or diverged:  # (stop_below is checked here only)
             record(hist, t, wall, params, losses)
