@@ -38,6 +38,12 @@ Two interfaces over one jitted core:
   ``optax.GradientTransformationExtraArgs`` update (``KFAC.gradient_transformation()``) that
   takes the caller's gradient (so it composes with ``optax.chain``) and adds the forward pass
   for the statistics itself.
+
+CPU note: the inverse refresh runs LAPACK (Cholesky) beside XLA's own threads; with a
+multi-threaded OpenBLAS (jaxlib uses scipy's) the two oversubscribe the cores and that step
+was measured 3–30× slower on 2 cores. Limit BLAS to one thread
+(``threadpoolctl.threadpool_limits(1, "blas")`` after ``import scipy.linalg``, or
+``OPENBLAS_NUM_THREADS=1``); the studies do (``experiments.kfac_common.single_threaded_blas``).
 """
 
 from __future__ import annotations
