@@ -54,10 +54,11 @@ def _optax_stepper(problem, tx):
     return make, lambda p, s, b, t: step(p, s, b)
 
 
-def _ours_stepper(problem, adaptive, period, lr, momentum, damping, curvature_batch_size=None):
+def _ours_stepper(problem, adaptive, period, lr, momentum, damping, curvature_batch_size=None, stats_period=1):
     from classical.kfac import KFAC
 
     kw = {} if adaptive else {"learning_rate": lr, "momentum": momentum, "adapt_damping": False}
+    kw["stats_period"] = stats_period
     if curvature_batch_size:
         kw["curvature_batch_size"] = curvature_batch_size
     opt = KFAC(problem.net, damping=damping, l2_reg=problem.l2, inverse_period=period, damping_interval=5,
@@ -70,7 +71,7 @@ def _ours_stepper(problem, adaptive, period, lr, momentum, damping, curvature_ba
     return (lambda params: (params, opt.init(params))), step
 
 
-def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping):
+def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping, stats_period=1):
     import kfac_jax
 
     net = problem.net
@@ -79,7 +80,7 @@ def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping):
         l2_reg=problem.l2, use_adaptive_learning_rate=adaptive, use_adaptive_momentum=adaptive,
         use_adaptive_damping=adaptive, initial_damping=damping, min_damping=1e-5, max_damping=1000.0,
         damping_adaptation_interval=5, damping_adaptation_decay=0.95, inverse_update_period=period,
-        num_burnin_steps=0, curvature_ema=0.95, multi_device=False)
+        num_burnin_steps=0, curvature_ema=0.95, curvature_update_period=stats_period, multi_device=False)
     fixed = {} if adaptive else {"learning_rate": jnp.float32(lr), "momentum": jnp.float32(momentum),
                                  "damping": jnp.float32(damping)}
     key = jax.random.PRNGKey(0)
@@ -97,18 +98,18 @@ def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping):
 
 
 def build(args, problem, batches):
-    lr, mom, damp, period = args.lr, args.momentum, args.damping, args.inverse_period
+    lr, mom, damp, period, k = args.lr, args.momentum, args.damping, args.inverse_period, args.stats_period
     out = {
         "sgd": _optax_stepper(problem, optax.sgd(args.sgd_lr, momentum=0.9)),
         "adam": _optax_stepper(problem, optax.adam(1e-3)),
-        "kfac-fixed": _ours_stepper(problem, False, period, lr, mom, damp),
-        "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp),
+        "kfac-fixed": _ours_stepper(problem, False, period, lr, mom, damp, stats_period=k),
+        "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp, stats_period=k),
     }
     if args.curvature_batch_size:  # ours only: kfac-jax has no curvature sub-batch (not an equal setting)
-        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, args.curvature_batch_size)
+        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, args.curvature_batch_size, k)
     if kc.kfac_jax_available() and not args.no_kfac_jax:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
-            make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp)
+            make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp, k)
             first["batch"] = batches[0]
             out[name] = (make, step)
     return out
@@ -169,7 +170,8 @@ def report(times, args) -> dict:
         }
     sgd = rows["sgd"]["median_ms"]
     load = os.getloadavg()
-    print(f"\nbatch {args.batch_size}, inverse period {args.inverse_period}, {args.reps} interleaved blocks of "
+    print(f"\nbatch {args.batch_size}, inverse period {args.inverse_period}, factor statistics every "
+          f"{args.stats_period} step(s), {args.reps} interleaved blocks of "
           f"{args.block} steps per contender; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
           f"on {os.cpu_count()} cores; BLAS/LAPACK 1 thread for all")
     print(f"{'contender':18s} {'median ms':>10s} {'mean ms':>9s} {'inverse-step':>13s} {'other-step':>11s} {'x SGD':>6s}")
@@ -202,6 +204,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=4, help="interleaved timed blocks per contender")
     ap.add_argument("--block", type=int, default=20, help="steps per timed block (default: the inverse period)")
     ap.add_argument("--inverse-period", type=int, default=20)
+    ap.add_argument("--stats-period", type=int, default=1,
+                    help="factor statistics every k steps, for both K-FACs (ours: stats_period, kfac-jax: "
+                         "curvature_update_period); at most the inverse period")
     ap.add_argument("--lr", type=float, default=0.2, help="fixed K-FAC learning rate")
     ap.add_argument("--momentum", type=float, default=0.9, help="fixed K-FAC momentum")
     ap.add_argument("--damping", type=float, default=150.0, help="(initial) K-FAC damping")
@@ -214,6 +219,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not 0 <= args.curvature_batch_size <= args.batch_size:
         raise ValueError("--curvature-batch-size must be in [0, --batch-size]")
+    if not 1 <= args.stats_period <= args.inverse_period:
+        raise SystemExit(f"--stats-period must lie in [1, inverse period], got {args.stats_period}")
     for name in ("batch_size", "reps", "block", "inverse_period"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
