@@ -172,3 +172,28 @@ def test_step_size_injected_as_traced_hyperparameter(setup, factory):
         expected = ravel_pytree(fixed.update(grads, fixed.init(params), params)[0])[0]
         np.testing.assert_allclose(injected_step(jnp.asarray(lr)), expected, rtol=1e-9, atol=1e-12)
     assert injected_step._cache_size() == 1
+
+
+def test_momentum_is_heavy_ball_on_the_natural_step(setup):
+    """Two steps with the same gradient and a cached metric: δ₂ = μ δ₁ + δ₁ (heavy ball)."""
+    model, params, loss = setup
+    grads = jax.grad(loss)(params)
+    plain = qpngd(model, 0.3, damping=0.1, shift=0.0, refresh_every=100)
+    heavy = qpngd(model, 0.3, damping=0.1, shift=0.0, refresh_every=100, momentum=0.7)
+
+    @jax.jit
+    def two_steps(g):
+        s = heavy.init(params)
+        u1, s = heavy.update(g, s, params)
+        u2, _ = heavy.update(g, s, params)
+        return ravel_pytree(u1)[0], ravel_pytree(u2)[0]
+
+    first = ravel_pytree(plain.update(grads, plain.init(params), params)[0])[0]
+    u1, u2 = two_steps(grads)
+    np.testing.assert_allclose(u1, first, rtol=1e-10)
+    np.testing.assert_allclose(u2, 1.7 * first, rtol=1e-10)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="momentum"):
+            qpngd(model, 0.3, momentum=bad)
+    with pytest.raises(ValueError, match="momentum"):
+        qpngd(model, 0.3, momentum=0.9, adapt_damping=True)

@@ -128,6 +128,7 @@ def natural_gradient(
     lm_decay=2.0 / 3.0,
     damping_bounds=(1e-6, 1e3),
     max_norm=None,
+    momentum=None,
 ):
     """Damped natural gradient δ = −η (G + λ_tot I)⁻¹ g as an optax transformation.
 
@@ -140,6 +141,9 @@ def natural_gradient(
     non-finite) is rejected: the update returns to the previous point and retries from its
     stored gradient with the larger λ (no extra gradient evaluation). ``max_norm`` = κ bounds
     the step in the metric, δᵀGδ ≤ κ (≈ 2·D(ρ_θ‖ρ_{θ+δ}) for BKM; K-FAC's norm constraint).
+    ``momentum`` = μ ∈ [0, 1) adds heavy-ball momentum to the natural-gradient steps,
+    v ← μ v + δ (``optax.trace``); not with ``adapt_damping`` (a rejected step would have to
+    undo the velocity too).
 
     Returns ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params,
     value=None)`` → (updates, state); apply with ``optax.apply_updates``.
@@ -157,6 +161,13 @@ def natural_gradient(
         raise ValueError(f"damping_bounds must be increasing, got {damping_bounds}")
     if max_norm is not None:
         max_norm = check_positive("max_norm", max_norm)
+    if momentum is not None:
+        momentum = check_positive("momentum", momentum, allow_zero=True)
+        if not momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        if adapt_damping:
+            raise ValueError("momentum cannot be combined with adapt_damping=True (rejected steps would "
+                             "have to undo the velocity)")
 
     def init(params):
         shapes = jax.eval_shape(lambda p: factorize(metric_fn(p)), params)
@@ -220,7 +231,8 @@ def natural_gradient(
         return updates, new_state
 
     update.extra_grad_evals = 0
-    return optax.GradientTransformationExtraArgs(init, update)
+    transform = optax.GradientTransformationExtraArgs(init, update)
+    return transform if not momentum else optax.chain(transform, optax.trace(decay=momentum))
 
 
 def qpngd(model, learning_rate, **kwargs):
