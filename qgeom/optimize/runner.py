@@ -112,7 +112,7 @@ def fit(loss, params, optimizer, steps, *, data=(), step=None, stop_below=None, 
             break
     if bar is not None:
         bar.close()
-    final = float(step(params, state, *data)[2])  # L(params), by the compiled step
+    final = float(jax.jit(loss)(params, *data))  # jit caches by function: one compile per loss
     if not np.isfinite(final):
         status = f"{status}; final loss is not finite ({final})"
     return FitResult(params, state, losses, times, evals, status, final, compile_time)
