@@ -31,7 +31,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from tqdm.auto import tqdm
 
 from experiments import quantum_cli
@@ -92,14 +91,6 @@ def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "cx3", 
                       data=jnp.asarray(_shadow_estimates(n, beta, int(shots), data_seed, J, h)[estimator]),
                       divergence=lambda p: loss(p, sigma) + neg_entropy,
                       evaluate=lambda p: {"fidelity": fid(p)})
-
-
-def final_values(traces: list[dict]) -> dict:
-    """Final D(σ‖ρ) and fidelity of a method's runs: mean and std over seeds."""
-    D = [t["D"][np.nonzero(np.isfinite(t["D"]))[0][-1]] for t in traces]
-    F = [t["fidelity"][-1] for t in traces]
-    return {"final_D": float(np.mean(D)), "final_D_std": float(np.std(D)),
-            "final_fidelity": float(np.mean(F)), "final_fidelity_std": float(np.std(F)), "seeds": len(traces)}
 
 
 def format_shots_table(title: str, rows: list[dict], shots: list[int]) -> str:
@@ -189,7 +180,9 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                                 progress=bar, max_cpu=config["max_cpu"])
             d_star = qc.floor_estimate(runs)
             per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
-            shot_rows += [{"method": m, "shots": shots, "estimator": estimator, **final_values(runs[m])}
+            shot_rows += [{"method": m, "shots": shots, "estimator": estimator, "seeds": len(runs[m]),
+                           **{k: per_method[m][k] for k in ("final_D", "final_D_std", "final_fidelity",
+                                                            "final_fidelity_std")}}
                           for m in methods]
             source = "exact σ" if shots is None else f"{shots} shadow shots, {estimator} estimate"
             tag = f"n{n}_beta{beta:g}_{'exact' if shots is None else f'shots{shots}_{estimator}'}_{config['ansatz']}"

@@ -497,7 +497,8 @@ def method_summary(traces: list[dict], d_star: float, deltas=(0.05, 0.01)) -> di
     }
     for extra in ("fidelity",):
         if extra in traces[0] and len(traces[0][extra]):
-            out["final_" + extra] = float(np.mean([t[extra][-1] for t in traces]))
+            last = [t[extra][-1] for t in traces]
+            out["final_" + extra], out[f"final_{extra}_std"] = float(np.mean(last)), float(np.std(last))
     for delta in deltas:
         out[f"to_D*+{delta:g}"] = reach_summary(traces, d_star + delta)
     # convergence speed to the run's own floor (a local minimum may lie above D*)
