@@ -19,7 +19,7 @@ import hashlib
 import shutil
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import jax
