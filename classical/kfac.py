@@ -154,8 +154,9 @@ class KFAC:
       inverse_period: T, steps between inverse/eigendecomposition refreshes.
       stats_period: steps between factor-statistics updates (1 = every step).
       curvature_batch_size: estimate all curvature — the factors A, G and the exact Fisher
-        products of the quadratic model — from the first m = ``curvature_batch_size`` examples
-        of each batch only (``None`` = all); the gradient and h(θ + δ) still use the whole batch
+        products of the quadratic model — from the first m examples of each batch only: an
+        int m, a float in (0, 1) for that fraction of the batch (m = ⌈fN⌉), or ``None`` (all);
+        the gradient and h(θ + δ) still use the whole batch
         (a smaller curvature mini-batch, as in Martens 2010's Hessian-free). The forward pass is
         split at row m so the sampled-target backward pass, the factor products and the JVPs
         touch those rows alone.
@@ -189,7 +190,10 @@ class KFAC:
         _period("damping_interval", damping_interval)
         _period("inverse_period", inverse_period)
         _period("stats_period", stats_period)
-        if curvature_batch_size is not None:
+        if isinstance(curvature_batch_size, float):
+            if not 0 < curvature_batch_size < 1:
+                raise ValueError(f"a fractional curvature_batch_size must lie in (0, 1), got {curvature_batch_size!r}")
+        elif curvature_batch_size is not None:
             _period("curvature_batch_size", curvature_batch_size)
         if momentum is not None and momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {momentum!r}")
@@ -317,7 +321,10 @@ class KFAC:
         # sampled-target gradients, its JVP the exact curvature products — no second forward.
         # With ``curvature_batch_size`` = m < N the pass is split at row m so that all curvature
         # work (sampled backward pass, factor products, JVPs) touches the first m rows only.
-        m = n if self.curvature_batch_size is None else min(self.curvature_batch_size, n)
+        m = self.curvature_batch_size
+        if isinstance(m, float):
+            m = int(np.ceil(m * n))
+        m = n if m is None else min(m, n)
         parts = [_linearize(model, params, x[:m])] + ([_linearize(model, params, x[m:])] if m < n else [])
         out_s, jvp, vjp_s, inputs = parts[0]  # jvp: J t on the curvature rows
         out = jnp.concatenate([p[0] for p in parts]) if m < n else out_s

@@ -5,6 +5,8 @@ Contenders (one process, float32, same network, same batches):
 * ``sgd`` — optax SGD, momentum 0.9;  ``adam`` — optax Adam;
 * ``kfac-fixed`` — our K-FAC, fixed learning rate, momentum and damping;
 * ``kfac-adaptive`` — our K-FAC, quadratic-model α and μ, Levenberg–Marquardt damping;
+* ``kfac-fixed-sub`` / ``kfac-adaptive-sub`` — the same two with all curvature (statistics,
+  quadratic-model products) from the first ``--curvature-batch-size`` examples (default 250);
 * ``kfac-jax-fixed`` / ``kfac-jax-adaptive`` — kfac-jax with the same settings
   (skipped when kfac-jax is not installed).
 
@@ -26,6 +28,11 @@ steps (where the time goes). The last line is
 our fixed-lr step takes its factor statistics from a curvature sub-batch
 (``--curvature-batch-size``, default 250 of the 1000; ``0`` for the whole batch); the line
 before the last says which, and the whole-batch ratio is printed as well.
+
+Before it, a roofline: every contender's multiply–adds per step (``experiments.kfac_flops``,
+checked against XLA's cost analysis in the tests), the step time they imply at SGD's measured
+throughput, and how close each contender runs to that floor. On a compute-bound CPU this
+bounds what any implementation of the same algorithm can reach.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from jax.experimental import disable_x64
 
 from classical.data import batch_indices, load_mnist
 from experiments import kfac_common as kc
+from experiments import kfac_flops as kflops
 
 
 def _optax_stepper(problem, tx):
@@ -107,6 +115,7 @@ def build(args, problem, batches):
     }
     if args.curvature_batch_size:  # ours only: kfac-jax has no curvature sub-batch (not an equal setting)
         out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, args.curvature_batch_size, k)
+        out["kfac-adaptive-sub"] = _ours_stepper(problem, True, period, lr, mom, damp, args.curvature_batch_size, k)
     if kc.kfac_jax_available() and not args.no_kfac_jax:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
             make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp, k)
@@ -188,6 +197,10 @@ def report(times, args) -> dict:
     vs_sgd = ratios["kfac_fixed_vs_sgd"]
     if "kfac-fixed-sub" in rows:
         vs_sgd = ratios["kfac_fixed_sub_vs_sgd"] = rows["kfac-fixed-sub"]["median_ms"] / sgd
+        if "kfac-jax-adaptive" in rows:
+            ratios["kfac_adaptive_sub_vs_kfac_jax_adaptive"] = (rows["kfac-adaptive-sub"]["median_ms"]
+                                                                / rows["kfac-jax-adaptive"]["median_ms"])
+    floors = flop_floors(args, rows)
     print("\n" + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     vs_jax = ratios.get("kfac_adaptive_vs_kfac_jax_adaptive", float("nan"))
     print("kfac_step_vs_kfac_jax: adaptive vs adaptive, equal settings (statistics on the whole batch); "
@@ -195,7 +208,62 @@ def report(times, args) -> dict:
              f"{args.batch_size} examples (whole batch: kfac_fixed_vs_sgd above)"
              if "kfac-fixed-sub" in rows else "kfac_step_vs_sgd: kfac-fixed (statistics on the whole batch)"))
     print(f"kfac_step_vs_kfac_jax={vs_jax:.2f} kfac_step_vs_sgd={vs_sgd:.2f}")
-    return {"rows": rows, "ratios": ratios, "load": load}
+    return {"rows": rows, "ratios": ratios, "load": load, "flop_floors": floors}
+
+
+def _contender_cost(name, args, shapes):
+    common = {"inverse_period": args.inverse_period, "stats_period": args.stats_period, "damping_interval": 5}
+    if name in ("sgd", "adam"):
+        return kflops.step_cost("sgd", shapes, args.batch_size)
+    method = "kfac-adaptive" if name.endswith("adaptive") else "kfac-fixed"
+    sub = args.curvature_batch_size if name.endswith("-sub") else None
+    return kflops.step_cost(method, shapes, args.batch_size, curvature_batch=sub, **common)
+
+
+def flop_floors(args, rows) -> dict:
+    """Multiply–adds per step (``experiments.kfac_flops``) and the step time they imply at SGD's
+    measured throughput: the floor for any implementation of the same algorithm."""
+    shapes = [(d_in - 1, d_out) for d_in, d_out in kc.autoencoder_problem().net.layer_shapes.values()]
+    sgd_macs = kflops.step_cost("sgd", shapes, args.batch_size).total
+    sgd_ms = rows["sgd"]["median_ms"]
+    print(f"\nmultiply-adds per step (experiments.kfac_flops) and the floor they set at SGD's measured "
+          f"throughput ({2 * sgd_macs / sgd_ms / 1e6:.0f} GFLOP/s):")
+    print(f"{'contender':18s} {'GMAC':>6s} {'floor x SGD':>12s} {'measured x SGD':>15s} {'floor/measured':>15s}")
+    out = {}
+    for name, r in rows.items():
+        macs = _contender_cost(name, args, shapes).total
+        floor = macs / sgd_macs
+        out[name] = {"gmac": macs / 1e9, "floor_vs_sgd": floor, "floor_over_measured": floor * sgd_ms / r["median_ms"]}
+        print(f"{name:18s} {macs / 1e9:6.2f} {floor:12.2f} {r['median_ms'] / sgd_ms:15.2f} "
+              f"{out[name]['floor_over_measured']:15.2f}")
+    peak = peak_gemm_gflops()
+    out["sgd_gflops"], out["peak_gemm_gflops"] = 2 * sgd_macs / sgd_ms / 1e6, peak
+    if "kfac-jax-adaptive" in rows:
+        jax_ms = rows["kfac-jax-adaptive"]["median_ms"]
+        bound = out["kfac-adaptive"]["floor_vs_sgd"] * sgd_ms / jax_ms
+        need = 2 * _contender_cost("kfac-adaptive", args, shapes).total / (0.8 * jax_ms) / 1e6
+        print(f"equal settings: at SGD's throughput the adaptive step cannot beat {bound:.2f}x kfac-jax's "
+              f"(kfac-jax runs at {out['kfac-jax-adaptive']['floor_over_measured']:.0%} of that floor); 0.8x would "
+              f"take {need:.0f} GFLOP/s over the whole step, {need / peak:.0%} of XLA's best single "
+              f"{GEMM_N}^3 float32 product here ({peak:.0f} GFLOP/s)")
+        out["kfac_vs_kfac_jax_bound"], out["gflops_needed_for_0.8"] = bound, need
+    return out
+
+
+GEMM_N = 1000
+
+
+def peak_gemm_gflops(reps=20) -> float:
+    """Best-of-``reps`` GFLOP/s of one jitted float32 GEMM of size ``GEMM_N``³: the throughput ceiling."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (GEMM_N, GEMM_N), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    jax.block_until_ready(f(a, a))
+    best = np.inf
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(f(a, a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * GEMM_N**3 / best / 1e9
 
 
 def main(argv=None):

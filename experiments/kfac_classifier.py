@@ -25,6 +25,7 @@ PROBLEMS = {"mlp": kc.mlp_classifier_problem, "conv": kc.conv_classifier_problem
 
 GRIDS = {
     "kfac": [{"damping": d} for d in (0.01, 0.1, 1.0)],
+    "kfac-sub": [{"damping": d} for d in (0.01, 0.1, 1.0)],
     "foof": [{"lr": lr, "damping": 0.1} for lr in (0.03, 0.1, 0.3)],
     "sgd": [{"lr": lr} for lr in (0.03, 0.1, 0.3)],
     "adam": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3)],

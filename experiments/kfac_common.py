@@ -4,7 +4,8 @@ A *problem* is a model + loss on float32 data (the MNIST deep autoencoder, an ML
 small conv-net classifier). A *method* adapts one optimizer to the common interface
 ``init(params, key, batch) -> state`` / ``step(params, state, batch, key, t) ->
 (params, state, loss)``: optax SGD with the Sutskever et al. (2013) momentum schedule,
-optax Adam, our K-FAC and FOOF (``classical.kfac`` / ``classical.foof``), and
+optax Adam, our K-FAC and FOOF (``classical.kfac`` / ``classical.foof``; ``kfac-sub`` is our
+K-FAC with its curvature from the first quarter of each batch), and
 kfac-jax (DeepMind's reference, only if installed). ``train`` runs one (method,
 hyper-parameters, seed) to a step budget with a tqdm bar, evaluating on fixed train /
 test subsets, checkpointing atomically so that a killed run resumes where it stopped
@@ -260,7 +261,7 @@ def _kfac_jax_method(problem, hp) -> Method:
 
 _OURS_ARGS = {"lr": "learning_rate", "momentum": "momentum", "damping": "damping", "adapt_damping": "adapt_damping",
               "inverse_period": "inverse_period", "damping_interval": "damping_interval", "ema": "ema_decay",
-              "inverse": "inverse"}
+              "inverse": "inverse", "curvature_batch_size": "curvature_batch_size", "stats_period": "stats_period"}
 
 
 def _ours_method(name, problem, hp, seed) -> Method:
@@ -270,7 +271,7 @@ def _ours_method(name, problem, hp, seed) -> Method:
     needs ``lr`` (its momentum defaults to 0.9, its damping is fixed). Damping is clipped
     to [1e-5, 1000] as in kfac-jax's example. A step whose objective is non-finite is
     undone by the optimizer itself (it raises λ), so the harness keeps going."""
-    if name == "kfac":
+    if name.startswith("kfac"):
         from classical.kfac import KFAC as cls
     else:
         from classical.foof import FOOF as cls
@@ -310,12 +311,15 @@ def _make_method(name, problem, hparams, seed) -> Method:
         return _optax_method(name, problem, baselines.adam(hp["lr"]), hp)
     if name == "kfac-jax":
         return _kfac_jax_method(problem, hp)
-    if name in ("kfac", "foof"):
+    if name in ("kfac", "kfac-sub", "foof"):
+        if name == "kfac-sub":
+            hp.setdefault("curvature_batch_size", KFAC_SUB_FRACTION)
         return _ours_method(name, problem, hp, seed)
     raise ValueError(f"unknown method {name!r}; choose from {METHODS}")
 
 
-METHODS = ("kfac", "foof", "sgd", "adam", "kfac-jax")
+METHODS = ("kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax")
+KFAC_SUB_FRACTION = 0.25  # kfac-sub: curvature from the first quarter of each batch
 
 
 def kfac_jax_available() -> bool:

@@ -102,7 +102,9 @@ def test_bad_input_errors():
                     ({"learning_rate": 0.0, "momentum": 0.0}, "learning_rate"),
                     ({"learning_rate": -0.1, "momentum": 0.0}, "learning_rate"),
                     ({"learning_rate": 0.1}, "adaptive momentum"), ({"inverse": "qr"}, "inverse"),
-                    ({"estimator": "hessian"}, "estimator"), ({"inverse_period": 0}, "inverse_period")]:
+                    ({"estimator": "hessian"}, "estimator"), ({"inverse_period": 0}, "inverse_period"),
+                    ({"curvature_batch_size": 0}, "curvature_batch_size"),
+                    ({"curvature_batch_size": 1.5}, "curvature_batch_size")]:
         with pytest.raises(ValueError, match=msg):
             KFAC(net, **kw)
 
