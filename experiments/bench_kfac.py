@@ -6,7 +6,9 @@ Contenders (one process, float32, same network, same batches):
 * ``kfac-fixed`` — our K-FAC, fixed learning rate, momentum and damping;
 * ``kfac-adaptive`` — our K-FAC, quadratic-model α and μ, Levenberg–Marquardt damping;
 * ``kfac-fixed-sub`` / ``kfac-adaptive-sub`` — the same two with all curvature (statistics,
-  quadratic-model products) from the first ``--curvature-batch-size`` examples (default 250);
+  quadratic-model products) from the first ``--curvature-batch-size`` examples (default 250)
+  and statistics every ``--sub-stats-period`` steps (default 2): a setting kfac-jax cannot
+  express (it has no curvature sub-batch), so not part of the equal-settings comparison;
 * ``kfac-jax-fixed`` / ``kfac-jax-adaptive`` — kfac-jax with the same settings
   (skipped when kfac-jax is not installed).
 
@@ -26,8 +28,9 @@ steps (where the time goes). The last line is
 
 (targets from issue 5: ≤ 0.8 and ≤ 2). The first compares equal settings. For the second
 our fixed-lr step takes its factor statistics from a curvature sub-batch
-(``--curvature-batch-size``, default 250 of the 1000; ``0`` for the whole batch); the line
-before the last says which, and the whole-batch ratio is printed as well.
+(``--curvature-batch-size``, default 250 of the 1000, every ``--sub-stats-period`` = 2
+steps; ``--curvature-batch-size 0`` for the whole batch every step); the line before the last
+says which, and the whole-batch ratio is printed as well.
 
 Before it, a roofline: every contender's multiply–adds per step (``experiments.kfac_flops``,
 checked against XLA's cost analysis in the tests), the step time they imply at SGD's measured
@@ -114,8 +117,9 @@ def build(args, problem, batches):
         "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp, stats_period=k),
     }
     if args.curvature_batch_size:  # ours only: kfac-jax has no curvature sub-batch (not an equal setting)
-        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, args.curvature_batch_size, k)
-        out["kfac-adaptive-sub"] = _ours_stepper(problem, True, period, lr, mom, damp, args.curvature_batch_size, k)
+        m, ks = args.curvature_batch_size, args.sub_stats_period
+        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, m, ks)
+        out["kfac-adaptive-sub"] = _ours_stepper(problem, True, period, lr, mom, damp, m, ks)
     if kc.kfac_jax_available() and not args.no_kfac_jax:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
             make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp, k)
@@ -205,18 +209,21 @@ def report(times, args) -> dict:
     vs_jax = ratios.get("kfac_adaptive_vs_kfac_jax_adaptive", float("nan"))
     print("kfac_step_vs_kfac_jax: adaptive vs adaptive, equal settings (statistics on the whole batch); "
           + (f"kfac_step_vs_sgd: kfac-fixed-sub, factor statistics on {args.curvature_batch_size} of the "
-             f"{args.batch_size} examples (whole batch: kfac_fixed_vs_sgd above)"
+             f"{args.batch_size} examples every {args.sub_stats_period} step(s) (whole batch, every "
+             f"{args.stats_period} step(s): kfac_fixed_vs_sgd above)"
              if "kfac-fixed-sub" in rows else "kfac_step_vs_sgd: kfac-fixed (statistics on the whole batch)"))
     print(f"kfac_step_vs_kfac_jax={vs_jax:.2f} kfac_step_vs_sgd={vs_sgd:.2f}")
     return {"rows": rows, "ratios": ratios, "load": load, "flop_floors": floors}
 
 
 def _contender_cost(name, args, shapes):
-    common = {"inverse_period": args.inverse_period, "stats_period": args.stats_period, "damping_interval": 5}
     if name in ("sgd", "adam"):
         return kflops.step_cost("sgd", shapes, args.batch_size)
-    method = "kfac-adaptive" if name.endswith("adaptive") else "kfac-fixed"
-    sub = args.curvature_batch_size if name.endswith("-sub") else None
+    sub = name.endswith("-sub")
+    common = {"inverse_period": args.inverse_period, "damping_interval": 5,
+              "stats_period": args.sub_stats_period if sub else args.stats_period}
+    method = "kfac-adaptive" if "adaptive" in name else "kfac-fixed"
+    sub = args.curvature_batch_size if sub else None
     return kflops.step_cost(method, shapes, args.batch_size, curvature_batch=sub, **common)
 
 
@@ -282,13 +289,16 @@ def main(argv=None):
     ap.add_argument("--curvature-batch-size", type=int, default=250,
                     help="also time our fixed-lr K-FAC with curvature on this sub-batch (kfac-fixed-sub; it is "
                          "then the kfac_step_vs_sgd contender); 0: don't")
+    ap.add_argument("--sub-stats-period", type=int, default=2,
+                    help="factor statistics every k steps for the two -sub contenders (default 2)")
     ap.add_argument("--no-kfac-jax", action="store_true", help="skip kfac-jax even if installed")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
     if not 0 <= args.curvature_batch_size <= args.batch_size:
         raise ValueError("--curvature-batch-size must be in [0, --batch-size]")
-    if not 1 <= args.stats_period <= args.inverse_period:
-        raise SystemExit(f"--stats-period must lie in [1, inverse period], got {args.stats_period}")
+    for name in ("stats_period", "sub_stats_period"):
+        if not 1 <= getattr(args, name) <= args.inverse_period:
+            raise SystemExit(f"--{name.replace('_', '-')} must lie in [1, inverse period], got {getattr(args, name)}")
     for name in ("batch_size", "reps", "block", "inverse_period"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")

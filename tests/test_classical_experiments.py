@@ -1,5 +1,6 @@
 """K-FAC study harness: plotting bands, kfac-jax reparametrisation, summaries, resume, smoke run."""
 
+import argparse
 import json
 
 import jax
@@ -198,3 +199,34 @@ def test_single_threaded_blas_reaches_jaxlib_lapack():
         jnp.linalg.cholesky(jnp.eye(3)).block_until_ready()
         blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(i["num_threads"] == 1 for i in blas)
+
+
+# ------------------------------------------------------------------------ benchmark report
+
+
+def test_bench_report_ratios_and_roofline(capsys):
+    """The bench's ratios and floors from synthetic block times (no timing is measured here
+    except the peak-GEMM probe): ours 4× SGD, kfac-jax 5× SGD → 0.80; floors from kfac_flops."""
+    from jax.experimental import disable_x64
+
+    from experiments import bench_kfac, kfac_flops
+
+    args = argparse.Namespace(
+        batch_size=1000, inverse_period=20, stats_period=1, sub_stats_period=2, curvature_batch_size=250,
+        reps=2, block=20)
+    scale = {"sgd": 1.0, "adam": 1.1, "kfac-fixed": 3.0, "kfac-adaptive": 4.0, "kfac-fixed-sub": 1.9,
+             "kfac-adaptive-sub": 3.0, "kfac-jax-fixed": 3.0, "kfac-jax-adaptive": 5.0}
+    times = {k: [[0.05 * v] * 20] * 2 for k, v in scale.items()}  # seconds per step
+    with disable_x64():
+        out = bench_kfac.report(times, args)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "kfac_step_vs_kfac_jax=0.80 kfac_step_vs_sgd=1.90"
+    shapes = [(784, 1000), (1000, 500), (500, 250), (250, 30), (30, 250), (250, 500), (500, 1000), (1000, 784)]
+    sgd = kfac_flops.step_cost("sgd", shapes, 1000).total
+    ada = kfac_flops.step_cost("kfac-adaptive", shapes, 1000, inverse_period=20).total
+    sub = kfac_flops.step_cost("kfac-fixed", shapes, 1000, curvature_batch=250, stats_period=2).total
+    floors = out["flop_floors"]
+    assert floors["kfac-adaptive"]["floor_vs_sgd"] == pytest.approx(ada / sgd)
+    assert floors["kfac-fixed-sub"]["floor_vs_sgd"] == pytest.approx(sub / sgd)
+    assert floors["kfac_vs_kfac_jax_bound"] == pytest.approx(ada / sgd / 5.0)
+    assert out["ratios"]["kfac_adaptive_sub_vs_kfac_jax_adaptive"] == pytest.approx(0.6)
