@@ -480,13 +480,23 @@ def final_loss(run: dict) -> float:
     return float("inf") if run["diverged"] or not np.isfinite(v) else float(v)
 
 
+def _last_eval_at(run: dict, step: int) -> int:
+    """Index of the last evaluation at or before ``step``."""
+    return max(i for i, s in enumerate(run["step"]) if s <= step)
+
+
 def tune(problem, method, grid, data, *, steps, batch_size, eval_every, ckpt_dir=None, progress=True, seed=0):
-    """Run every grid point on ``seed`` for ``steps``; return (winner hparams, table)."""
+    """Run every grid point on ``seed`` for ``steps``; return (winner hparams, table).
+
+    Each point is scored at step ``steps`` even when its checkpoint has since been continued
+    (the winner's seed-``seed`` final run resumes from it), so a re-run study ranks alike."""
     table = []
     for hp in grid:
         run = train(problem, method, hp, data, seed=seed, steps=steps, batch_size=batch_size,
                     eval_every=eval_every, ckpt_dir=ckpt_dir, progress=progress)
-        table.append({"hparams": hp, "final_train_loss": final_loss(run), "wall_time": run["wall_time"][-1]})
+        i = _last_eval_at(run, steps)
+        cut = {"diverged": run["diverged"] and i == len(run["step"]) - 1, "train_loss": run["train_loss"][: i + 1]}
+        table.append({"hparams": hp, "final_train_loss": final_loss(cut), "wall_time": run["wall_time"][i]})
     best = min(range(len(table)), key=lambda i: table[i]["final_train_loss"])
     return grid[best], table
 

@@ -146,6 +146,18 @@ def test_run_stops_at_target_and_stays_stopped(tiny, tmp_path):
     assert not seen and again["step"] == stopped["step"]  # resumption does not continue past the target
 
 
+def test_tuning_scores_stay_at_the_tuning_step_after_the_winner_continues(tiny, tmp_path):
+    problem, data = tiny
+    kw = dict(steps=20, batch_size=32, eval_every=10, ckpt_dir=tmp_path, progress=False)
+    grid = [{"lr": 0.01}, {"lr": 0.1}]
+    best, table = kc.tune(problem, "sgd", grid, data, **kw)
+    longer = kc.train(problem, "sgd", best, data, seed=0, **{**kw, "steps": 40})  # the final run continues it
+    assert longer["step"][-1] == 40 and longer["train_loss"][-1] != table[grid.index(best)]["final_train_loss"]
+    again, table2 = kc.tune(problem, "sgd", grid, data, **kw)
+    assert again == best and table2 == table
+    assert table[grid.index(best)]["final_train_loss"] == pytest.approx(longer["train_loss"][2])
+
+
 def test_diverging_run_is_stopped_and_reported(tiny):
     problem, data = tiny
     run = kc.train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
