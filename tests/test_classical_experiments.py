@@ -131,6 +131,16 @@ def test_killed_run_resumes_to_identical_result(tiny, tmp_path, method, hp):
     assert len(seen) == 10 and again["train_loss"] == resumed["train_loss"]
 
 
+def test_kfac_sub_is_kfac_with_quarter_batch_curvature(tiny):
+    problem, data = tiny
+    kw = dict(seed=0, steps=10, batch_size=32, eval_every=10, progress=False)
+    sub = kc.train(problem, "kfac-sub", {"damping": 0.1}, data, **kw)
+    same = kc.train(problem, "kfac", {"damping": 0.1, "curvature_batch_size": 8}, data, **kw)
+    whole = kc.train(problem, "kfac", {"damping": 0.1}, data, **kw)
+    assert sub["train_loss"] == same["train_loss"] != whole["train_loss"]  # ⌈0.25 · 32⌉ = 8 examples
+    assert sub["train_loss"][-1] < sub["train_loss"][0]
+
+
 def test_run_stops_at_target_and_stays_stopped(tiny, tmp_path):
     problem, data = tiny
     kw = dict(seed=0, steps=40, batch_size=32, eval_every=10, progress=False, ckpt_dir=tmp_path)
