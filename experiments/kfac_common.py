@@ -179,7 +179,8 @@ class Method:
     (for evaluation). ``warmup_steps`` steps from the initial state (results
     discarded) compile every branch of ``step`` before the clock starts.
     ``handles_nonfinite``: the optimizer rejects non-finite steps itself (the harness
-    then stops only after ``MAX_BAD`` non-finite losses in a row)."""
+    then stops only after ``MAX_BAD`` non-finite losses in a row). ``donates``: ``step``
+    may reuse its inputs' buffers, so the harness cannot keep the last finite parameters."""
 
     name: str
     hparams: dict
@@ -188,6 +189,7 @@ class Method:
     to_common: Callable = staticmethod(lambda p: p)
     warmup_steps: int = 2
     handles_nonfinite: bool = False
+    donates: bool = False
     warmed: bool = False
 
 
@@ -256,7 +258,7 @@ def _kfac_jax_method(problem, hp) -> Method:
         return params, state, stats["loss"]
 
     warmup = max(hp.get("inverse_period", 5), hp.get("damping_interval", 5)) + 2
-    return Method("kfac-jax", hp, init, step, lambda split: join_params(net, split), warmup)
+    return Method("kfac-jax", hp, init, step, lambda split: join_params(net, split), warmup, donates=True)
 
 
 _OURS_ARGS = {"lr": "learning_rate", "momentum": "momentum", "damping": "damping", "adapt_damping": "adapt_damping",
@@ -287,7 +289,8 @@ def _ours_method(name, problem, hp, seed) -> Method:
         params, state, info = opt.step(params, state, batch)
         return params, state, info["objective"]
 
-    return Method(name, hp, lambda params, key, batch_at: (params, opt.init(params)), step, handles_nonfinite=True)
+    return Method(name, hp, lambda params, key, batch_at: (params, opt.init(params)), step, handles_nonfinite=True,
+                  donates=True)
 
 
 _METHOD_CACHE: dict = {}
@@ -441,6 +444,7 @@ def _train(
         m.warmed = True
     bar = tqdm(total=steps, initial=min(t, steps), desc=f"{method} s{seed}", leave=False, disable=not progress)
     losses, bad = [], 0
+    good = params  # the last parameters with a finite mini-batch loss (kept unless the step donates)
 
     def reached():
         return stop_below is not None and hist["train_loss"][-1] <= stop_below
@@ -455,9 +459,13 @@ def _train(
         wall += time.perf_counter() - start
         t += 1
         bad = 0 if np.isfinite(loss) else bad + 1
+        if not bad and not m.donates:
+            good = params
         params, opt_state = new_params, new_state  # (the old ones may have been donated to the step)
         if bad and (not m.handles_nonfinite or bad >= MAX_BAD):
             diverged = True
+            if not m.donates:  # the loss is at the step's input: evaluate the last finite point instead
+                params = good
             tqdm.write(f"[{method} s{seed} {hparams}] non-finite loss at step {t}: run stopped (diverged)")
         elif not bad:
             losses.append(loss)
