@@ -233,22 +233,21 @@ def flop_floors(args, rows) -> dict:
     shapes = [(d_in - 1, d_out) for d_in, d_out in kc.autoencoder_problem().net.layer_shapes.values()]
     sgd_macs = kflops.step_cost("sgd", shapes, args.batch_size).total
     sgd_ms = rows["sgd"]["median_ms"]
+    out = {"sgd_gflops": 2 * sgd_macs / sgd_ms / 1e6}
     print(f"\nmultiply-adds per step (experiments.kfac_flops) and the floor they set at SGD's measured "
-          f"throughput ({2 * sgd_macs / sgd_ms / 1e6:.0f} GFLOP/s):")
+          f"throughput ({out['sgd_gflops']:.0f} GFLOP/s):")
     print(f"{'contender':18s} {'GMAC':>6s} {'floor x SGD':>12s} {'measured x SGD':>15s} {'floor/measured':>15s}")
-    out = {}
     for name, r in rows.items():
         macs = _contender_cost(name, args, shapes).total
         floor = macs / sgd_macs
         out[name] = {"gmac": macs / 1e9, "floor_vs_sgd": floor, "floor_over_measured": floor * sgd_ms / r["median_ms"]}
         print(f"{name:18s} {macs / 1e9:6.2f} {floor:12.2f} {r['median_ms'] / sgd_ms:15.2f} "
               f"{out[name]['floor_over_measured']:15.2f}")
-    peak = peak_gemm_gflops()
-    out["sgd_gflops"], out["peak_gemm_gflops"] = 2 * sgd_macs / sgd_ms / 1e6, peak
+    peak = out["peak_gemm_gflops"] = peak_gemm_gflops()
     if "kfac-jax-adaptive" in rows:
         jax_ms = rows["kfac-jax-adaptive"]["median_ms"]
         bound = out["kfac-adaptive"]["floor_vs_sgd"] * sgd_ms / jax_ms
-        need = 2 * _contender_cost("kfac-adaptive", args, shapes).total / (0.8 * jax_ms) / 1e6
+        need = 2 * out["kfac-adaptive"]["gmac"] * 1e9 / (0.8 * jax_ms) / 1e6
         print(f"equal settings: at SGD's throughput the adaptive step cannot beat {bound:.2f}x kfac-jax's "
               f"(kfac-jax runs at {out['kfac-jax-adaptive']['floor_over_measured']:.0%} of that floor); 0.8x would "
               f"take {need:.0f} GFLOP/s over the whole step, {need / peak:.0%} of XLA's best single "

@@ -100,17 +100,19 @@ def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
     return quantum_cli.quick("gibbs", run_study, DEFAULT, outdir, progress=progress, **overrides)
 
 
+_CLOCKS = {"wall_s": "wall time", "cpu_s": "CPU time", "ert_cpu_s": "expected CPU time with restarts"}
+
+
 def _report(summary: dict) -> list[str]:
     lines = []
     for p in summary["problems"]:
         h = p["headline"]
-        names = {"wall_s": "wall time", "cpu_s": "CPU time", "ert_cpu_s": "expected CPU time with restarts"}
         if h and h["adam_cpu_s"] is None:
             reached = ", ".join(f"{m} ({s['to_D*+0.01']['reached']})" for m, s in p["methods"].items()
                                 if s["to_D*+0.01"]["iterations"] is not None) or "none"
             lines.append(f"n={p['n']} β={p['beta']:g}: Adam never reached D*+0.01, so no time ratios; "
                          f"reached by: {reached}")
-        for clock, name in names.items() if h and h["adam_cpu_s"] is not None else ():
+        for clock, name in _CLOCKS.items() if h and h["adam_cpu_s"] is not None else ():
             ratios = ", ".join(f"{m}={r:.2f}" if r is not None else f"{m}=not reached"
                                for m, r in h[f"ratios_{clock}"].items())
             lines.append(f"n={p['n']} β={p['beta']:g}: {name} to D*+0.01 relative to Adam: {ratios} "

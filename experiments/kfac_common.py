@@ -482,10 +482,17 @@ def _train(
     return {"method": method, "hparams": hparams, "seed": seed, "diverged": diverged, "run_id": run_id, **hist}
 
 
+def loss_at(run: dict, i: int) -> float:
+    """Train-subset loss at evaluation ``i`` (inf if non-finite, or if ``i`` is the last
+    evaluation of a diverged run)."""
+    v = run["train_loss"][i]
+    last = i in (-1, len(run["train_loss"]) - 1)
+    return float("inf") if (run["diverged"] and last) or not np.isfinite(v) else float(v)
+
+
 def final_loss(run: dict) -> float:
     """Last recorded train-subset loss (inf if the run diverged or ended non-finite)."""
-    v = run["train_loss"][-1]
-    return float("inf") if run["diverged"] or not np.isfinite(v) else float(v)
+    return loss_at(run, -1)
 
 
 def _last_eval_at(run: dict, step: int) -> int:
@@ -503,8 +510,7 @@ def tune(problem, method, grid, data, *, steps, batch_size, eval_every, ckpt_dir
         run = train(problem, method, hp, data, seed=seed, steps=steps, batch_size=batch_size,
                     eval_every=eval_every, ckpt_dir=ckpt_dir, progress=progress)
         i = _last_eval_at(run, steps)
-        cut = {"diverged": run["diverged"] and i == len(run["step"]) - 1, "train_loss": run["train_loss"][: i + 1]}
-        table.append({"hparams": hp, "final_train_loss": final_loss(cut), "wall_time": run["wall_time"][i]})
+        table.append({"hparams": hp, "final_train_loss": loss_at(run, i), "wall_time": run["wall_time"][i]})
     best = min(range(len(table)), key=lambda i: table[i]["final_train_loss"])
     return grid[best], table
 

@@ -50,10 +50,14 @@ def forward_macs(shapes, n):
     return n * sum(di * do for di, do in shapes)
 
 
+def input_grad_macs(shapes, n):
+    """N (P − P₁): gradients (or tangents) through the weights of layers 2…L."""
+    return forward_macs(shapes, n) - n * shapes[0][0] * shapes[0][1]
+
+
 def backward_macs(shapes, n):
     """N P (weight gradients) + N (P − P₁) (input gradients of layers 2…L)."""
-    p = sum(di * do for di, do in shapes)
-    return n * p + n * (p - shapes[0][0] * shapes[0][1])
+    return forward_macs(shapes, n) + input_grad_macs(shapes, n)
 
 
 def statistics_macs(shapes, m, g_factor=True):
@@ -67,9 +71,8 @@ def precondition_macs(shapes, g_factor=True):
 
 
 def jvp_macs(shapes, m):
-    """m (2P − P₁): tangent propagation ż W plus z̄ Ẇ."""
-    p = sum(di * do for di, do in shapes)
-    return m * (2 * p - shapes[0][0] * shapes[0][1])
+    """m (2P − P₁): tangent propagation ż W (layers 2…L) plus z̄ Ẇ."""
+    return forward_macs(shapes, m) + input_grad_macs(shapes, m)
 
 
 def inverse_macs(shapes, g_factor=True):
@@ -98,12 +101,10 @@ def step_cost(method, shapes, n, *, curvature_batch=None, inverse_period=20, sta
     g_factor = method != "foof"
     adaptive = method == "kfac-adaptive"
     lm = adaptive if adaptive_damping is None else adaptive_damping
-    p1 = shapes[0][0] * shapes[0][1]
-    p = sum(di * do for di, do in shapes)
     return StepCost(
         forward=base.forward,
         backward=base.backward,
-        sampled_backward=(m * (p - p1) if g_factor else 0.0) / stats_period,
+        sampled_backward=(input_grad_macs(shapes, m) if g_factor else 0.0) / stats_period,
         statistics=statistics_macs(shapes, m, g_factor) / stats_period,
         precondition=precondition_macs(shapes, g_factor),
         jvps=2 * jvp_macs(shapes, m) if adaptive else 0.0,
