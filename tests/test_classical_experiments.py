@@ -13,7 +13,6 @@ from classical.data import load_digits
 from experiments import kfac_common as kc
 from experiments import plotting
 
-
 # ------------------------------------------------------------------------ plotting
 
 

@@ -40,7 +40,7 @@ def test_foof_step_is_A_only_preconditioned_gradient():
     new, state, info = opt.step(params, opt.init(params), (x, y))
     grads = jax.grad(net.loss)(params, x, y)
     h = np.asarray(x, np.float64)
-    for name, layer in zip(sorted(params), net.layers):
+    for name in sorted(params):
         a = np.concatenate([h, np.ones((10, 1))], axis=1)
         A = a.T @ a / 10
         expected = -0.2 * np.linalg.solve(A + 0.3 * np.eye(A.shape[0]), np.asarray(grads[name], np.float64))

@@ -11,7 +11,13 @@ from jax.flatten_util import ravel_pytree
 
 import qgeom  # noqa: F401
 from qgeom.metrics import bkm
-from qgeom.optimize import density_divergence, mirror_descent, qhbm_divergence, qpmd, trace_rho_log_rho
+from qgeom.optimize import (
+    density_divergence,
+    mirror_descent,
+    qhbm_divergence,
+    qpmd,
+    trace_rho_log_rho,
+)
 from qgeom.quantum import QHBM, Parity, hardware_efficient, relative_entropy
 
 

@@ -15,7 +15,6 @@ from qgeom.optimize import (
     MirrorDescentOptimizer,
     density_divergence,
     mirror_descent,
-    natural_gradient,
     qpngd,
 )
 from qgeom.quantum import QHBM, Parity, hardware_efficient

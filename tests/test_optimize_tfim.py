@@ -9,8 +9,17 @@ import pytest
 import qgeom  # noqa: F401
 from qgeom.optimize import adam, fit, gd, qpmd, qpngd
 from qgeom.optimize.sequence import imaginary_time, real_time, trotter_step
-from qgeom.quantum import QHBM, Parity, gibbs_state, hamiltonian_matrix, hardware_efficient, log_partition, tfim, vqt_loss
-from qgeom.quantum import relative_entropy
+from qgeom.quantum import (
+    QHBM,
+    Parity,
+    gibbs_state,
+    hamiltonian_matrix,
+    hardware_efficient,
+    log_partition,
+    relative_entropy,
+    tfim,
+    vqt_loss,
+)
 
 
 @pytest.fixture(scope="module")

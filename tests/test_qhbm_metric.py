@@ -12,6 +12,7 @@
 
 import jax
 import jax.numpy as jnp
+import networkx as nx
 import numpy as np
 import pennylane as qml
 import pytest
@@ -19,8 +20,6 @@ from jax.flatten_util import ravel_pytree
 
 import qgeom  # noqa: F401  (float64)
 from qgeom.metrics import bkm, fubini_study, qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
-import networkx as nx
-
 from qgeom.quantum import QHBM, Circuit, Parity, hardware_efficient, tfim_qaoa
 
 

@@ -1,7 +1,6 @@
 """Exact thermodynamics vs QuTiP (QuTiP's fidelity is the square root of ours) and closed forms."""
 
 import jax
-import jax.numpy as jnp
 import networkx as nx
 import numpy as np
 import pytest

@@ -9,8 +9,7 @@ import optax
 import pytest
 
 import qgeom  # noqa: F401
-from qgeom.optimize import adam, fit, qpngd
-from qgeom.optimize import sequence
+from qgeom.optimize import adam, fit, qpngd, sequence
 from qgeom.quantum import QHBM, Parity, gibbs_state, hardware_efficient, qmhl_loss, tfim, vqt_loss
 
 

@@ -10,8 +10,19 @@ from qgeom.metrics.fisher import (
     fisher_monte_carlo,
     ggn_gaussian,
 )
-from qgeom.metrics.kronecker import KroneckerEigenInverse, KroneckerFactored, KroneckerInverse, factored_damping
-from qgeom.metrics.lowrank import GradientWindow, GradientWindowInverse, LowRankPlusDiagonal, mfac, nystrom
+from qgeom.metrics.kronecker import (
+    KroneckerEigenInverse,
+    KroneckerFactored,
+    KroneckerInverse,
+    factored_damping,
+)
+from qgeom.metrics.lowrank import (
+    GradientWindow,
+    GradientWindowInverse,
+    LowRankPlusDiagonal,
+    mfac,
+    nystrom,
+)
 from qgeom.metrics.qhbm import qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
 from qgeom.metrics.quantum import (
     FubiniStudy,

@@ -1,7 +1,7 @@
 """The metric protocol shared by every curvature object in qgeom.
 
-A metric is a symmetric positive semi-definite operator G(θ) on a parameter pytree
-(DESIGN.md §3). Every metric object offers
+A metric is a symmetric positive semi-definite operator G(θ) on a parameter pytree.
+Every metric object offers
 
 * ``mv(v)``               G·v for a pytree ``v`` shaped like the parameters;
 * ``solve(v, damping)``   (G + damping·I)⁻¹ v;

@@ -1,4 +1,4 @@
-"""Classical Fisher information metrics (DESIGN.md §3.1).
+"""Classical Fisher information metrics.
 
 For a model p(y|x, θ) the Fisher metric is F = E_x E_{y∼p(·|x,θ)}[∇log p ∇log pᵀ].
 When the model is a network output z = f(θ, x) followed by an exponential-family
@@ -202,7 +202,6 @@ def fisher_monte_carlo(fn, params, x, key, n_samples=1, likelihood="categorical"
     else:
         ys = jax.vmap(lambda k: z + sigma * jax.random.normal(k, z.shape, z.dtype))(keys)
 
-    n = z.shape[0]
     xs = jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n_samples,) + a.shape).reshape((-1,) + a.shape[1:]), x)
     ys = ys.reshape((-1,) + ys.shape[2:])
 

@@ -1,4 +1,4 @@
-"""Kronecker-factored curvature blocks for one dense layer (K-FAC; DESIGN.md §3.3).
+"""Kronecker-factored curvature blocks for one dense layer (K-FAC).
 
 Convention. A layer's parameters are ONE matrix ``W`` of shape ``(d_in + 1, d_out)``,
 stored input-major like flax's ``Dense`` kernel with the bias as the LAST row, so that

@@ -1,4 +1,4 @@
-"""Low-rank metrics: randomized Nyström of a mat-vec operator, and gradient windows (DESIGN.md §3.4).
+"""Low-rank metrics: randomized Nyström of a mat-vec operator, and gradient windows.
 
 * ``nystrom`` — Halko, Martinsson & Tropp (2011), "Finding structure with randomness",
   Alg. 4.3/4.4 (range finder with power iterations) followed by the numerically stable

@@ -1,4 +1,4 @@
-"""Structured metrics of a quantum Hamiltonian-based model (QHBM; DESIGN.md §3.2, §4).
+"""Structured metrics of a quantum Hamiltonian-based model (QHBM).
 
 A QHBM is ρ(θ, φ) = U(φ) diag(p_θ) U(φ)†, p_θ(x) ∝ e^{−E_θ(x)}. With the generators
 T_j = i U†∂_{φ_j}U of the circuit in the model's eigenframe, ∂_{φ_j}ρ = U i[D, T_j] U†
@@ -146,7 +146,7 @@ def qhbm_bkm(model, params):
 def qhbm_fubini_study(model, params):
     """Fubini–Study comparison metric of a QHBM: identity on θ, p-averaged FS on φ.
 
-    Convention (documented choice; DESIGN §3.2 gives the pure-state FS metric):
+    Convention (documented choice; the Fubini–Study metric is the pure-state one):
     G^FS_ij(φ) = Σ_x p_θ(x) Re(⟨∂_iψ_x|∂_jψ_x⟩ − ⟨∂_iψ_x|ψ_x⟩⟨ψ_x|∂_jψ_x⟩),
     ψ_x = U(φ)|x⟩, i.e. Σ_x p_x (Re(T_i T_j)_xx − (T_i)_xx (T_j)_xx). For p concentrated on
     one basis state this is PennyLane's full ``qml.metric_tensor(approx=None)`` of the

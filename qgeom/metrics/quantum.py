@@ -1,4 +1,4 @@
-"""Quantum metrics: Fubini–Study for pure states, Petz monotone metrics for mixed states (DESIGN.md §3.2).
+"""Quantum metrics: Fubini–Study for pure states, Petz monotone metrics for mixed states.
 
 Pure states ψ(θ):  G_ij = Re(⟨∂iψ|∂jψ⟩ − ⟨∂iψ|ψ⟩⟨ψ|∂jψ⟩), PennyLane's ``qml.metric_tensor``
 convention; the quantum Fisher information (SLD) of a pure state is 4·G.

@@ -1,4 +1,4 @@
-"""Optimizers for QHBMs and mixed states (DESIGN.md §5), all in optax's extra-args shape.
+"""Optimizers for QHBMs and mixed states, all in optax's extra-args shape.
 
 * ``qpngd(model, lr, ...)`` — BKM natural gradient (exact block-diagonal QHBM metric), with
   the authors' damping or amortized curvature (refresh every k steps, LM-adapted damping);
@@ -22,7 +22,14 @@ from qgeom.optimize.mirror import (
     qpmd,
     trace_rho_log_rho,
 )
-from qgeom.optimize.natural import EighMetric, NaturalGradientState, factorize, natural_gradient, qng, qpngd
+from qgeom.optimize.natural import (
+    EighMetric,
+    NaturalGradientState,
+    factorize,
+    natural_gradient,
+    qng,
+    qpngd,
+)
 from qgeom.optimize.pennylane import BKMNaturalGradientOptimizer, MirrorDescentOptimizer
 from qgeom.optimize.runner import FitResult, fit, make_step
 

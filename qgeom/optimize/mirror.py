@@ -1,4 +1,4 @@
-"""Quantum-probabilistic mirror descent (QPMD; Sbahi et al. 2022; DESIGN.md §5).
+"""Quantum-probabilistic mirror descent (QPMD; Sbahi et al. 2022).
 
 Freeze g_t = ∇L(ξ_t) and take
 
@@ -31,16 +31,17 @@ is D(ρ_ξ‖ρ_{ξ_t}).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from qgeom.quantum.qhbm import PreparedObservable
 from qgeom.optimize._checks import check_alpha, check_count, check_positive
 from qgeom.optimize.natural import _all_finite
+from qgeom.quantum.qhbm import PreparedObservable
 
 
 class Divergence(NamedTuple):

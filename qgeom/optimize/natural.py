@@ -1,6 +1,6 @@
 """Damped natural gradient with cached curvature: QPNGD (BKM) and Fubini–Study QNG.
 
-    θ ← θ − η (G(θ) + λ I)⁻¹ ∇L(θ)                                   (DESIGN.md §5)
+    θ ← θ − η (G(θ) + λ I)⁻¹ ∇L(θ)
 
 ``natural_gradient(metric_fn, ...)`` turns any ``metric_fn(params) -> Metric`` into an
 optax ``GradientTransformationExtraArgs``. The metric is eigendecomposed block by block

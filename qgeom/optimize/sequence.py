@@ -1,4 +1,4 @@
-"""Geometric-locality initialization along sequences of targets (DESIGN.md §5).
+"""Geometric-locality initialization along sequences of targets.
 
 Fit a sequence of nearby targets, starting each fit from the previous optimum ("warm")
 or from a fresh random draw ("cold"), and record how many steps each point needs to reach a
@@ -30,7 +30,15 @@ import optax
 
 from qgeom.optimize._checks import check_count, check_positive
 from qgeom.optimize.runner import FitResult, fit, make_step
-from qgeom.quantum import entropy, fidelity, gibbs_state, hamiltonian_matrix, log_partition, qmhl_loss, vqt_loss
+from qgeom.quantum import (
+    entropy,
+    fidelity,
+    gibbs_state,
+    hamiltonian_matrix,
+    log_partition,
+    qmhl_loss,
+    vqt_loss,
+)
 from qgeom.quantum.thermo import check_density_matrix
 
 

@@ -1,8 +1,8 @@
-"""Quantum side of qgeom: TFIM Hamiltonians, exact thermodynamics, QHBMs, VQT/QMHL losses (DESIGN §4)."""
+"""Quantum side of qgeom: TFIM Hamiltonians, exact thermodynamics, QHBMs, VQT/QMHL losses."""
 
 from qgeom.quantum.circuits import Circuit, hardware_efficient, tfim_qaoa
-from qgeom.quantum.free_fermion import FreeFermionThermo, tfim_free_fermion
 from qgeom.quantum.ebm import Bernoulli, Ising, Parity, ZProductEBM, basis_bits, bits_to_index
+from qgeom.quantum.free_fermion import FreeFermionThermo, tfim_free_fermion
 from qgeom.quantum.hamiltonians import hamiltonian_matrix, pauli_tables, sparse_matrix, tfim
 from qgeom.quantum.limits import MAX_DENSE_BYTES, check_dense
 from qgeom.quantum.losses import qmhl_loss, vqt_loss

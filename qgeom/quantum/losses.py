@@ -1,4 +1,4 @@
-r"""Training losses for QHBMs (DESIGN §4).
+r"""Training losses for QHBMs.
 
 * Gibbs sampling (VQT, Verdon et al. arXiv:1910.02071):
   L(θ,φ) = β Tr(ρH) − S(ρ) = D(ρ‖σ_β) − log Z_β ≥ −log Z_β, equality iff ρ = σ_β.

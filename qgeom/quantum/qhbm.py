@@ -23,7 +23,12 @@ from jax.scipy.special import logsumexp
 
 from qgeom.quantum.circuits import Circuit
 from qgeom.quantum.ebm import ZProductEBM, basis_bits
-from qgeom.quantum.hamiltonians import _check_hermitian_op, check_wires, hamiltonian_matrix, pauli_tables
+from qgeom.quantum.hamiltonians import (
+    _check_hermitian_op,
+    check_wires,
+    hamiltonian_matrix,
+    pauli_tables,
+)
 
 
 class PreparedObservable(NamedTuple):

@@ -107,7 +107,7 @@ def relative_entropy(rho, sigma, atol: float = 1e-12):
     With ρ = Σ λ_i |a_i⟩⟨a_i| and σ = Σ μ_j |b_j⟩⟨b_j|,
     Tr ρ log σ = Σ_j W_j log μ_j, W_j = Σ_i λ_i |⟨a_i|b_j⟩|². Eigenvalues μ_j ≤ ``atol``
     count as zero: their term is 0 when W_j ≤ ``atol`` and makes D = +∞ otherwise
-    (supp ρ ⊄ supp σ). For reporting; training never needs it (DESIGN §4).
+    (supp ρ ⊄ supp σ). For reporting; training never needs it.
     """
     check_density_matrix(rho, "rho")
     check_density_matrix(sigma, "sigma")
