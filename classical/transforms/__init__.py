@@ -8,5 +8,6 @@ All take the learning rate first and work in any optax loop (Flax, Equinox, plai
 """
 
 from classical.transforms.shampoo import ShampooState, scale_by_shampoo, shampoo
+from classical.transforms.soap import SOAPState, soap
 
-__all__ = ["ShampooState", "scale_by_shampoo", "shampoo"]
+__all__ = ["SOAPState", "ShampooState", "scale_by_shampoo", "shampoo", "soap"]
