@@ -6,15 +6,15 @@ Only K-FAC's input factor is kept: with A = E[ā āᵀ] (EMA as in ``classical.k
 
 i.e. each output neuron's weight vector takes the least-squares step that moves its
 pre-activations along the negative gradient. No backward pass with sampled targets is
-needed. Heavy-ball momentum δ = ΔW + μ δ₀ and the inverse period T are shared with K-FAC.
+needed. Heavy-ball momentum δ = ΔW + μ δ₀ and the inverse period T are shared with K-FAC:
+FOOF is ``KFAC`` with ``classical.blocks.InputOnlyBlock`` on every layer, and ``metric()``
+is the geometry it descends in, ⊕ A ⊗ I.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from classical.kfac import F32, KFAC
-from qgeom.metrics.kronecker import psd_inverse
+from classical.blocks.input_only import InputOnlyBlock
+from classical.kfac import KFAC
 
 
 class FOOF(KFAC):
@@ -26,23 +26,12 @@ class FOOF(KFAC):
     ``reject_damping_factor``.
     """
 
-    factors = "A"
-
     def __init__(self, model, *, learning_rate, momentum=0.9, damping=1.0, adapt_damping=False, **settings):
-        for bad in ("inverse", "estimator"):
+        for bad in ("inverse", "estimator", "blocks"):
             if bad in settings:
                 raise ValueError(f"FOOF has no {bad!r} setting")
         super().__init__(model, learning_rate=learning_rate, momentum=momentum, damping=damping,
-                         adapt_damping=adapt_damping, **settings)
-
-    def _inverses(self, A, G, damping):
-        return {k: psd_inverse(A[k] + damping * jnp.eye(A[k].shape[0], dtype=F32)) for k in A}
-
-    def _apply_inverse(self, inverse, grads, damping):
-        return {k: inverse[k] @ v for k, v in grads.items()}
-
-    def metric(self, state):
-        raise NotImplementedError("FOOF's A-only preconditioner is not a Fisher approximation")
+                         adapt_damping=adapt_damping, blocks=InputOnlyBlock, **settings)
 
 
 def foof(model, **settings):

@@ -30,6 +30,14 @@ bad — that step is undone (the returned update is −δ₀), momentum is reset
 update (or new parameters, or h(θ + δ) when evaluated) is rejected the same way with a zero
 update. Parameters therefore never become non-finite.
 
+The step is a sequence of named stages, each a method testable alone: ``_linearize_batch``
+(one forward pass, data gradient), ``_layer_batches`` (layer inputs and, if a block needs them,
+sampled-target pre-activation gradients), ``_update_statistics``, ``_refresh``, ``precondition``,
+``_quadratic_model`` (α, μ), ``_adapt_damping`` (LM, ``qgeom.optimize.damping``) and
+``_accept_or_reject``. The curvature itself is a ``classical.blocks`` object: by default one
+``KroneckerBlock`` per layer; ``blocks=`` mixes block kinds per layer (``Layerwise``) or passes
+a structured curvature over all layers (``classical.blocks.tridiagonal``).
+
 Two interfaces over one jitted core:
 
 * ``KFAC.step(params, state, batch) -> (params, state, info)``: the fused step — one forward
@@ -48,51 +56,22 @@ was measured 3–30× slower on 2 cores. Limit BLAS to one thread
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from optax import tree_utils as otu
 
-from qgeom.metrics.base import BlockDiagonal
-from qgeom.metrics.kronecker import KroneckerEigenInverse, KroneckerFactored
+from classical.blocks.base import LayerBatch, Layerwise, input_factor, output_factor
+from classical.blocks.kronecker import KroneckerBlock
+from qgeom.optimize.damping import all_finite, levenberg_marquardt, rejected_damping
+
+__all__ = ["KFAC", "KFACState", "kfac", "input_factor", "output_factor"]
 
 F32 = jnp.float32
-_tmap = jax.tree_util.tree_map
-
-
-def _vdot(a, b):
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-def _all_finite(tree):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _where(cond, a, b):
-    return _tmap(lambda x, y: jnp.where(cond, x, y), a, b)
-
-
-def _gram(m):
-    """mᵀm contracting the leading axis directly (no materialised transpose)."""
-    return jax.lax.dot_general(m, m, (((0,), (0,)), ((), ())))
-
-
-def input_factor(x):
-    """A = (1/N) Σ_{n,t} [x;1][x;1]ᵀ for layer inputs x of shape (N, T, d_in) (blockwise, no concat)."""
-    n, t, d = x.shape
-    xf = x.reshape(n * t, d)
-    s = jnp.sum(xf, axis=0)[:, None]
-    top = jnp.concatenate([_gram(xf), s], axis=1)
-    bottom = jnp.concatenate([s.T, jnp.full((1, 1), n * t, xf.dtype)], axis=1)
-    return jnp.concatenate([top, bottom], axis=0) / n
-
-
-def output_factor(g):
-    """G = (1/(N T)) Σ_{n,t} g gᵀ for per-example pre-activation gradients g of shape (N, T, d_out)."""
-    n, t, d = g.shape
-    return _gram(g.reshape(n * t, d)) / (n * t)
 
 
 def _linearize(model, params, x):
@@ -100,8 +79,21 @@ def _linearize(model, params, x):
     taps = model.zero_taps(x)
     out, lin, inputs = jax.linearize(lambda p, t: model.apply_tapped(p, x, t), params, taps, has_aux=True)
     transpose = jax.linear_transpose(lin, params, taps)
-    zero = _tmap(jnp.zeros_like, taps)
+    zero = otu.tree_zeros_like(taps)
     return out, (lambda t: lin(t, zero)), transpose, inputs
+
+
+class Linearization(NamedTuple):
+    """Stage 1's result: the network linearized at θ on the batch (curvature rows: the first m)."""
+
+    out: jax.Array  # network output on the curvature rows
+    jvp: Any  # t -> J t on the curvature rows
+    vjp: Any  # cotangent on the curvature rows -> (param grads, tap grads)
+    inputs: dict  # layer inputs on the curvature rows
+    loss: jax.Array  # mean NLL on the whole batch
+    ct: jax.Array  # ∂ mean NLL / ∂ output, whole batch
+    grads: Any  # ∇h = ∇ mean NLL + η θ
+    objective: jax.Array  # h(θ)
 
 
 class KFACState(NamedTuple):
@@ -110,13 +102,23 @@ class KFACState(NamedTuple):
     step: jax.Array  # steps taken (int32)
     n_stats: jax.Array  # statistics updates so far: k in ε_k
     damping: jax.Array  # λ (float32)
-    A: dict  # {layer: EMA of A}
-    G: dict  # {layer: EMA of G} (empty for FOOF)
-    inverse: dict  # cached per-layer inverse (form depends on ``inverse``)
+    stats: Any  # the curvature's statistics ({layer: block stats} for a Layerwise curvature)
+    cache: Any  # its cached factorization / damped inverse
     velocity: Any  # δ₀, the last accepted update
     key: jax.Array  # PRNG key for sampling targets
-    refresh: jax.Array  # refresh inverses on the next step (after a rejection)
+    refresh: jax.Array  # refresh the cache on the next step (after a rejection)
+    aux: dict  # method-specific state (e.g. KLD-WRM's previous gradient)
     info: dict
+
+    @property
+    def A(self) -> dict:
+        """{layer: A factor} of the layers whose block keeps one."""
+        return {k: s["A"] for k, s in self.stats.items() if isinstance(s, dict) and "A" in s}
+
+    @property
+    def G(self) -> dict:
+        """{layer: G factor} of the layers whose block keeps one (empty for FOOF)."""
+        return {k: s["G"] for k, s in self.stats.items() if isinstance(s, dict) and "G" in s}
 
 
 def _positive(name, value, allow_none=False, allow_zero=False):
@@ -141,8 +143,8 @@ class KFAC:
 
     Args:
       model: has ``apply(params, x)``, ``apply_tapped(params, x, taps)``, ``zero_taps(x)``,
-        ``check_params``, ``check_batch`` and ``output`` (a ``classical.distributions``
-        distribution).
+        ``check_params``, ``check_batch``, ``layer_shapes`` and ``output`` (a
+        ``classical.distributions`` distribution).
       learning_rate: fixed α, or ``None`` for the quadratic-model α (§7).
       momentum: fixed μ (0 = none), or ``None`` for the quadratic-model μ (needs adaptive α).
       damping: initial λ (> 0); the paper's autoencoder uses 150.
@@ -161,22 +163,25 @@ class KFAC:
         split at row m so the sampled-target backward pass, the factor products and the JVPs
         touch those rows alone.
       ema_decay: cap on ε_k = min(1 − 1/k, ema_decay).
-      inverse: ``"tikhonov"`` (factored, π from traces) or ``"eigen"`` (exact damped block inverse).
+      inverse: ``"tikhonov"`` (factored, π from traces) or ``"eigen"`` (exact damped block
+        inverse) for the default ``KroneckerBlock``.
       estimator: ``"fisher"`` (targets sampled from the model) or ``"empirical"`` (data labels).
       reject_damping_factor: λ multiplier on a rejected (non-finite) step.
       seed: PRNG seed for target sampling.
       donate_state: let the fused ``step`` reuse the state's buffers (saves copying the factors
         and inverses every step; the state passed in is then invalid, as in kfac-jax).
+      blocks: the curvature: ``None`` (a ``KroneckerBlock(inverse=inverse)`` per layer), a block
+        factory ``shape -> CurvatureBlock`` for every layer (e.g. ``classical.blocks.EKFACBlock``
+        or ``functools.partial(Block, **settings)``), a dict ``{layer: factory}`` mixing kinds,
+        or a curvature over all layers (``classical.blocks.tridiagonal.TridiagonalKronecker``).
     """
-
-    factors = "AG"
 
     def __init__(self, model, *, learning_rate=None, momentum=None, damping=150.0, l2_reg=0.0,
                  adapt_damping=True, damping_interval=5, damping_decay=19 / 20, min_damping=1e-8,
                  max_damping=1e10, inverse_period=5, stats_period=1, curvature_batch_size=None, ema_decay=0.95,
                  inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0,
-                 donate_state=False):
-        for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output"):
+                 donate_state=False, blocks=None):
+        for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output", "layer_shapes"):
             if not hasattr(model, attr):
                 raise ValueError(f"model {type(model).__name__} lacks {attr!r}; use classical.models.Network "
                                  "or classical.tracing.trace_mlp")
@@ -219,60 +224,50 @@ class KFAC:
         self.ema_decay, self.inverse = float(ema_decay), inverse
         self.estimator, self.reject_damping_factor = estimator, float(reject_damping_factor)
         self.seed = seed
+        self.curvature = self._curvature(blocks)
         self._step_jit = jax.jit(self._fused, donate_argnums=(1,) if donate_state else ())
         self._init_jit = jax.jit(self._init)
 
+    def _curvature(self, blocks):
+        shapes = self.model.layer_shapes
+        if blocks is None:
+            return Layerwise.build(shapes, functools.partial(KroneckerBlock, inverse=self.inverse))
+        if isinstance(blocks, (dict, type)) or not hasattr(blocks, "apply_inverse"):
+            return Layerwise.build(shapes, blocks)  # block factories
+        return blocks  # a curvature over all layers
+
     # ------------------------------------------------------------------ state
     def init(self, params) -> KFACState:
-        """Fresh state for ``params``: identity factors, zero velocity, λ = ``damping``."""
+        """Fresh state for ``params``: identity statistics, zero velocity, λ = ``damping``."""
         self.model.check_params(params)
         return self._init_jit(params)
 
+    def _init_aux(self, params) -> dict:
+        """Method-specific state (none for K-FAC)."""
+        return {}
+
     def _init(self, params):
-        A = {k: jnp.eye(w.shape[0], dtype=F32) for k, w in params.items()}
-        G = {k: jnp.eye(w.shape[1], dtype=F32) for k, w in params.items()} if self.factors == "AG" else {}
         lam = jnp.asarray(self.damping, F32)
         nan = jnp.asarray(jnp.nan, F32)
         info = {"loss": nan, "objective": nan, "rho": nan, "learning_rate": nan, "momentum": nan,
                 "damping": lam, "qmodel_change": nan, "rejected": jnp.asarray(False)}
+        stats, cache = self.curvature.refresh(self.curvature.init(), lam + self.l2_reg)
         return KFACState(step=jnp.zeros((), jnp.int32), n_stats=jnp.zeros((), jnp.int32), damping=lam,
-                         A=A, G=G, inverse=self._inverses(A, G, lam + self.l2_reg),
-                         velocity=_tmap(jnp.zeros_like, params), key=jax.random.PRNGKey(self.seed),
-                         refresh=jnp.asarray(False), info=info)
-
-    # --------------------------------------------------------------- inverses
-    def _inverses(self, A, G, damping):
-        """Per-layer cached inverse at total damping λ + η."""
-        if self.inverse == "tikhonov":
-            return {k: KroneckerFactored(A[k], G[k]).inverse(damping) for k in A}
-        out = {}
-        for k in A:
-            alpha, qa, gamma, qg = KroneckerFactored(A[k], G[k], mode="eigen").eigh()
-            out[k] = {"alpha": alpha, "Q_A": qa, "gamma": gamma, "Q_G": qg}
-        return out
-
-    def _apply_inverse(self, inverse, grads, damping):
-        if self.inverse == "tikhonov":
-            return {k: inverse[k].apply(v) for k, v in grads.items()}
-        out = {}
-        for k, v in grads.items():
-            e = inverse[k]
-            scale = 1.0 / (jnp.maximum(jnp.outer(e["alpha"], e["gamma"]), 0.0) + damping)
-            out[k] = KroneckerEigenInverse(e["Q_A"], e["Q_G"], scale).apply(v)
-        return out
+                         stats=stats, cache=cache, velocity=otu.tree_zeros_like(params),
+                         key=jax.random.PRNGKey(self.seed), refresh=jnp.asarray(False),
+                         aux=self._init_aux(params), info=info)
 
     def precondition(self, state: KFACState, grads):
         """F̃⁻¹ grads with the state's cached inverses and damping λ + η (no learning rate)."""
-        return self._apply_inverse(state.inverse, grads, state.damping + self.l2_reg)
+        return self.curvature.apply_inverse(state.stats, state.cache, grads, state.damping + self.l2_reg)
 
-    def metric(self, state: KFACState) -> BlockDiagonal:
-        """The current curvature ⊕ A ⊗ G as a ``qgeom.metrics`` block-diagonal metric."""
-        mode = "eigen" if self.inverse == "eigen" else "tikhonov"
-        return BlockDiagonal({k: KroneckerFactored(state.A[k], state.G[k], mode=mode) for k in state.A})
+    def metric(self, state: KFACState):
+        """The current curvature as a ``qgeom.metrics`` metric (block-diagonal ⊕ A ⊗ G for K-FAC)."""
+        return self.curvature.metric(state.stats)
 
     # ------------------------------------------------------------- interfaces
     def step(self, params, state: KFACState, batch):
-        """One fused K-FAC step on ``batch = (x, y)``: returns (new_params, new_state, info).
+        """One fused step on ``batch = (x, y)``: returns (new_params, new_state, info).
 
         With ``donate_state=True`` the ``state`` argument's buffers are reused: continue with
         the returned state only.
@@ -281,14 +276,14 @@ class KFAC:
         return self._step_jit(params, state, x, y)
 
     def update(self, updates, state: KFACState, params=None, *, batch, **extra_args):
-        """optax update: ``updates`` is the gradient of the mean NLL; returns (K-FAC updates, state)."""
+        """optax update: ``updates`` is the gradient of the mean NLL; returns (updates, state)."""
         del extra_args
         if params is None:
-            raise ValueError("K-FAC's update needs params (call tx.update(grads, state, params, batch=...))")
+            raise ValueError(f"{type(self).__name__}'s update needs params (call tx.update(grads, state, "
+                             "params, batch=...))")
         x, y = self._check(params, batch)
         self.model.check_params(updates)
-        delta, state = self._core(params, state, x, y, updates)
-        return delta, state
+        return self._core(params, state, x, y, updates)
 
     def gradient_transformation(self) -> optax.GradientTransformationExtraArgs:
         """This optimizer as an optax transformation: ``update(grads, state, params, batch=(x, y))``."""
@@ -304,109 +299,121 @@ class KFAC:
 
     def _fused(self, params, state, x, y):
         delta, state = self._core(params, state, x, y, None)
-        return _tmap(jnp.add, params, delta), state, state.info
+        return otu.tree_add(params, delta), state, state.info
 
-    # ------------------------------------------------------------------- core
+    # ----------------------------------------------------------------- stages
     def _objective(self, params, x, y):
         loss = self.model.output.mean_nll(self.model.apply(params, x), y)
-        return loss + 0.5 * self.l2_reg * _vdot(params, params)
+        return loss + 0.5 * self.l2_reg * otu.tree_vdot(params, params)
 
-    def _core(self, params, state: KFACState, x, y, grads):
-        model, dist, eta = self.model, self.model.output, self.l2_reg
-        n = x.shape[0]
-        lam = state.damping
-        key, k_sample = jax.random.split(state.key)
-
-        # One forward pass, linearized: its transpose (the VJP) gives the data gradient and the
-        # sampled-target gradients, its JVP the exact curvature products — no second forward.
-        # With ``curvature_batch_size`` = m < N the pass is split at row m so that all curvature
-        # work (sampled backward pass, factor products, JVPs) touches the first m rows only.
+    def _curvature_rows(self, n):
         m = self.curvature_batch_size
         if isinstance(m, float):
             m = int(np.ceil(m * n))
-        m = n if m is None else min(m, n)
-        parts = [_linearize(model, params, x[:m])] + ([_linearize(model, params, x[m:])] if m < n else [])
-        out_s, jvp, vjp_s, inputs = parts[0]  # jvp: J t on the curvature rows
-        out = jnp.concatenate([p[0] for p in parts]) if m < n else out_s
+        return n if m is None else min(m, n)
 
+    def _linearize_batch(self, params, x, y, grads=None) -> Linearization:
+        """Stage 1: one forward pass, linearized: its transpose (the VJP) gives the data gradient
+        (unless the caller's ``grads`` of the mean NLL are given) and later the sampled-target
+        gradients, its JVP the exact curvature products — no second forward pass. With
+        ``curvature_batch_size`` = m < N the pass is split at row m so that all curvature work
+        touches the first m rows only."""
+        n, eta, dist = x.shape[0], self.l2_reg, self.model.output
+        m = self._curvature_rows(n)
+        parts = [_linearize(self.model, params, x[:m])] + ([_linearize(self.model, params, x[m:])] if m < n else [])
+        out_s, jvp, vjp_s, inputs = parts[0]
+        out = jnp.concatenate([p[0] for p in parts]) if m < n else out_s
         loss, ct = jax.value_and_grad(dist.mean_nll)(out, y)
         if grads is None:
             grads = vjp_s(ct[:m])[0]
             if m < n:
-                grads = _tmap(jnp.add, grads, parts[1][2](ct[m:])[0])
-        grads = _tmap(lambda g, p: g + eta * p, grads, params) if eta else grads
-        h = loss + 0.5 * eta * _vdot(params, params)
-        ok_here = jnp.isfinite(h) & _all_finite(grads)
+                grads = otu.tree_add(grads, parts[1][2](ct[m:])[0])
+        grads = jax.tree_util.tree_map(lambda g, p: g + eta * p, grads, params) if eta else grads
+        h = loss + 0.5 * eta * otu.tree_vdot(params, params)
+        return Linearization(out_s, jvp, vjp_s, inputs, loss, ct, grads, h)
 
-        # Factor statistics (EMA), every ``stats_period`` steps.
+    def _layer_batches(self, lin: Linearization, key) -> dict:
+        """Stage 2: every layer's ``LayerBatch`` on the curvature rows; the backward pass for the
+        per-example pre-activation gradients (sampled targets, or data labels for the empirical
+        Fisher) runs only if a block needs them."""
+        dist, n = self.model.output, lin.ct.shape[0]
+        g = None
+        if not self.curvature.needs_preact_grads:
+            pass
+        elif self.estimator == "fisher":
+            ys = dist.sample(key, jax.lax.stop_gradient(lin.out))
+            g = lin.vjp(jax.grad(lambda o: jnp.sum(dist.nll(o, ys)))(lin.out))[1]
+        else:
+            g = jax.tree_util.tree_map(lambda t: t * n, lin.vjp(lin.ct[:lin.out.shape[0]])[1])
+        return {k: LayerBatch(v, None if g is None else g[k]) for k, v in lin.inputs.items()}
+
+    def _update_statistics(self, state: KFACState, lin: Linearization, key, ok):
+        """Stage 3: EMA of the statistics with ε_k = min(1 − 1/k, ``ema_decay``) at the k-th
+        update, every ``stats_period`` steps, skipped when the step's objective is not finite."""
         def new_stats(_):
-            if self.factors == "A":
-                g = None
-            elif self.estimator == "fisher":
-                ys = dist.sample(k_sample, jax.lax.stop_gradient(out_s))
-                g = vjp_s(jax.grad(lambda o: jnp.sum(dist.nll(o, ys)))(out_s))[1]
-            else:
-                g = _tmap(lambda t: t * n, vjp_s(ct[:m])[1])
             k = state.n_stats + 1
             eps = jnp.minimum(1.0 - 1.0 / k.astype(F32), self.ema_decay)
-            A = {l: eps * state.A[l] + (1 - eps) * input_factor(inputs[l]) for l in state.A}
-            G = {l: eps * state.G[l] + (1 - eps) * output_factor(g[l]) for l in state.G}
-            return A, G, k
+            return self.curvature.update(state.stats, self._layer_batches(lin, key), eps), k
 
-        keep = (state.A, state.G, state.n_stats)
+        keep = (state.stats, state.n_stats)
         if self.stats_period == 1:  # no conditional: XLA fuses better and copies nothing
-            A, G, n_stats = _where(ok_here, new_stats(None), keep)
-        else:
-            do_stats = ok_here & (state.step % self.stats_period == 0)
-            A, G, n_stats = jax.lax.cond(do_stats, new_stats, lambda _: keep, None)
+            return otu.tree_where(ok, new_stats(None), keep)
+        do_stats = ok & (state.step % self.stats_period == 0)
+        return jax.lax.cond(do_stats, new_stats, lambda _: keep, None)
 
-        do_inverse = ok_here & ((state.step % self.inverse_period == 0) | state.refresh)
-        inverse = jax.lax.cond(do_inverse, lambda _: self._inverses(A, G, lam + eta),
-                               lambda _: state.inverse, None)
-        nat = _tmap(jnp.negative, self._apply_inverse(inverse, grads, lam + eta))  # Δ = −F̃⁻¹∇h
-        v0 = state.velocity
+    def _refresh(self, state: KFACState, stats, damping, ok):
+        """Stage 4: the curvature's factorization every ``inverse_period`` steps (and after a rejection)."""
+        do = ok & ((state.step % self.inverse_period == 0) | state.refresh)
+        return jax.lax.cond(do, lambda _: self.curvature.refresh(stats, damping), lambda _: (stats, state.cache), None)
 
-        if self.learning_rate is None:
-            # Exact Fisher (= GGN) products: mean_n (J u)ᵀ H (J v) from two JVPs of the network.
-            jd, j0 = jvp(nat), jvp(v0)  # (two calls measured faster than one vmapped over both)
-            fdd = jnp.mean(dist.hessian_quad(out_s, jd, jd))
-            fd0 = jnp.mean(dist.hessian_quad(out_s, jd, j0))
-            f00 = jnp.mean(dist.hessian_quad(out_s, j0, j0))
-            dd, d0, s00 = _vdot(nat, nat), _vdot(nat, v0), _vdot(v0, v0)
-            gd, g0 = _vdot(grads, nat), _vdot(grads, v0)
-            c = lam + eta
-            m11, m12, m22 = fdd + c * dd, fd0 + c * d0, f00 + c * s00
-            if self.momentum is None:
-                det = m11 * m22 - m12 ** 2
-                two = (s00 > 0) & (det > 1e-12 * m11 * m22)
-                safe = jnp.where(two, det, 1.0)
-                alpha = jnp.where(two, (-gd * m22 + g0 * m12) / safe, -gd / m11)
-                mu = jnp.where(two, (-g0 * m11 + gd * m12) / safe, 0.0)
-            else:
-                mu = jnp.asarray(self.momentum, F32)
-                alpha = -(gd + mu * m12) / m11
-            # Undamped (but ℓ2-including) quadratic change M₀(δ) − M₀(0) for ρ.
-            qchange = (0.5 * (alpha ** 2 * (m11 - lam * dd) + 2 * alpha * mu * (m12 - lam * d0)
-                              + mu ** 2 * (m22 - lam * s00)) + alpha * gd + mu * g0)
+    def _transform_gradient(self, state: KFACState, grads):
+        """The gradient that is preconditioned, and the new ``aux`` (K-FAC: ∇h itself)."""
+        return grads, state.aux
+
+    def _quadratic_model(self, lin: Linearization, nat, v0, lam):
+        """Stage 6: α, μ minimising M(δ) = ½ δᵀ(F + (λ+η) I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (§7), with
+        exact Fisher (= GGN) products mean_n (J u)ᵀ H (J v) from JVPs, or the fixed α, μ.
+        Returns (α, μ, M₀(δ) − M₀(0) of the undamped model, or None for fixed α, μ)."""
+        if self.learning_rate is not None:
+            return jnp.asarray(self.learning_rate, F32), jnp.asarray(self.momentum, F32), None
+        dist, eta, grads = self.model.output, self.l2_reg, lin.grads
+        jd, j0 = lin.jvp(nat), lin.jvp(v0)  # (two calls measured faster than one vmapped over both)
+        fdd = jnp.mean(dist.hessian_quad(lin.out, jd, jd))
+        fd0 = jnp.mean(dist.hessian_quad(lin.out, jd, j0))
+        f00 = jnp.mean(dist.hessian_quad(lin.out, j0, j0))
+        dd, d0, s00 = otu.tree_vdot(nat, nat), otu.tree_vdot(nat, v0), otu.tree_vdot(v0, v0)
+        gd, g0 = otu.tree_vdot(grads, nat), otu.tree_vdot(grads, v0)
+        c = lam + eta
+        m11, m12, m22 = fdd + c * dd, fd0 + c * d0, f00 + c * s00
+        if self.momentum is None:
+            det = m11 * m22 - m12 ** 2
+            two = (s00 > 0) & (det > 1e-12 * m11 * m22)
+            safe = jnp.where(two, det, 1.0)
+            alpha = jnp.where(two, (-gd * m22 + g0 * m12) / safe, -gd / m11)
+            mu = jnp.where(two, (-g0 * m11 + gd * m12) / safe, 0.0)
         else:
-            alpha = jnp.asarray(self.learning_rate, F32)
             mu = jnp.asarray(self.momentum, F32)
-            qchange = None
-        delta = _tmap(lambda a, b: alpha * a + mu * b, nat, v0)
-        new_params = _tmap(jnp.add, params, delta)
-        ok_update = _all_finite(new_params)
+            alpha = -(gd + mu * m12) / m11
+        qchange = (0.5 * (alpha ** 2 * (m11 - lam * dd) + 2 * alpha * mu * (m12 - lam * d0)
+                          + mu ** 2 * (m22 - lam * s00)) + alpha * gd + mu * g0)
+        return alpha, mu, qchange
 
-        # Levenberg–Marquardt on the same batch, every ``damping_interval`` steps.
-        adapt = self.adapt_damping & ((state.step + 1) % self.damping_interval == 0) & ok_here & ok_update
+    def _adapt_damping(self, state: KFACState, lin: Linearization, delta, new_params, qchange, x, y, ok):
+        """Stage 7: Levenberg–Marquardt (§6.5) on the same batch every ``damping_interval`` steps:
+        ρ = (h(θ + δ) − h(θ)) / (M₀(δ) − M₀(0)), λ ← ``levenberg_marquardt``(λ, ρ, ω₁).
+        Returns (ρ, h(θ + δ), the model change, λ, whether adapted)."""
+        lam, eta, dist = state.damping, self.l2_reg, self.model.output
+        adapt = self.adapt_damping & ((state.step + 1) % self.damping_interval == 0) & ok
 
         def rho_branch(_):
             if qchange is None:
-                jd = jvp(delta)
-                q = 0.5 * (jnp.mean(dist.hessian_quad(out_s, jd, jd)) + eta * _vdot(delta, delta)) + _vdot(grads, delta)
+                jd = lin.jvp(delta)
+                q = (0.5 * (jnp.mean(dist.hessian_quad(lin.out, jd, jd)) + eta * otu.tree_vdot(delta, delta))
+                     + otu.tree_vdot(lin.grads, delta))
             else:
                 q = qchange
             h_new = self._objective(new_params, x, y)
-            return (h_new - h) / q, h_new, q
+            return (h_new - lin.objective) / q, h_new, q
 
         nan = jnp.asarray(jnp.nan, F32)
         skip = (nan, nan, nan if qchange is None else qchange)
@@ -414,21 +421,44 @@ class KFAC:
             rho, h_new, q = jax.lax.cond(adapt, rho_branch, lambda _: skip, None)
         else:  # nothing to trace or compile for ρ
             rho, h_new, q = skip
-        lam_new = jnp.where(rho > 0.75, lam * self.omega1, jnp.where(rho < 0.25, lam / self.omega1, lam))
-        lam_new = jnp.where(adapt & jnp.isfinite(rho), lam_new, lam)
+        lam_new = jnp.where(adapt, levenberg_marquardt(lam, rho, self.omega1), lam)
+        return rho, h_new, q, lam_new, adapt
 
-        bad_update = ok_here & (~ok_update | (adapt & ~jnp.isfinite(h_new)))
+    def _accept_or_reject(self, state: KFACState, delta, ok_here, bad_update, lam_new):
+        """Stage 8: a non-finite objective or gradient at θ undoes the previous step (update −δ₀);
+        a non-finite update (or h(θ + δ)) becomes a zero update; either way momentum is reset and
+        λ ← ``rejected_damping``(λ, ``reject_damping_factor``). Returns (update, velocity, λ, rejected)."""
         rejected = ~ok_here | bad_update
-        zeros = _tmap(jnp.zeros_like, params)
-        update = _where(~ok_here, _tmap(jnp.negative, v0), _where(bad_update, zeros, delta))
-        lam_new = jnp.where(rejected, lam * self.reject_damping_factor, lam_new)
+        zeros = otu.tree_zeros_like(delta)
+        update = otu.tree_where(~ok_here, otu.tree_scale(-1.0, state.velocity),
+                                otu.tree_where(bad_update, zeros, delta))
+        lam_new = jnp.where(rejected, rejected_damping(state.damping, self.reject_damping_factor), lam_new)
         lam_new = jnp.clip(lam_new, self.min_damping, self.max_damping).astype(F32)
+        return update, otu.tree_where(rejected, zeros, delta), lam_new, rejected
 
-        info = {"loss": loss.astype(F32), "objective": h.astype(F32), "rho": rho.astype(F32),
+    def _core(self, params, state: KFACState, x, y, grads):
+        lam, eta = state.damping, self.l2_reg
+        key, k_sample = jax.random.split(state.key)
+        lin = self._linearize_batch(params, x, y, grads)
+        ok_here = jnp.isfinite(lin.objective) & all_finite(lin.grads)
+        stats, n_stats = self._update_statistics(state, lin, k_sample, ok_here)
+        stats, cache = self._refresh(state, stats, lam + eta, ok_here)
+        g_pre, aux = self._transform_gradient(state, lin.grads)
+        nat = otu.tree_scale(-1.0, self.curvature.apply_inverse(stats, cache, g_pre, lam + eta))  # Δ = −F̃⁻¹∇h
+        alpha, mu, qchange = self._quadratic_model(lin, nat, state.velocity, lam)
+        delta = jax.tree_util.tree_map(lambda a, b: alpha * a + mu * b, nat, state.velocity)
+        new_params = otu.tree_add(params, delta)
+        ok_update = all_finite(new_params)
+        rho, h_new, q, lam_new, adapt = self._adapt_damping(state, lin, delta, new_params, qchange, x, y,
+                                                            ok_here & ok_update)
+        bad_update = ok_here & (~ok_update | (adapt & ~jnp.isfinite(h_new)))
+        update, velocity, lam_new, rejected = self._accept_or_reject(state, delta, ok_here, bad_update, lam_new)
+        info = {"loss": lin.loss.astype(F32), "objective": lin.objective.astype(F32), "rho": rho.astype(F32),
                 "learning_rate": jnp.asarray(alpha, F32), "momentum": jnp.asarray(mu, F32),
                 "damping": lam.astype(F32), "qmodel_change": jnp.asarray(q, F32), "rejected": rejected}
-        new_state = KFACState(step=state.step + 1, n_stats=n_stats, damping=lam_new, A=A, G=G, inverse=inverse,
-                              velocity=_where(rejected, zeros, delta), key=key, refresh=rejected, info=info)
+        aux = otu.tree_where(ok_here, aux, state.aux)
+        new_state = KFACState(step=state.step + 1, n_stats=n_stats, damping=lam_new, stats=stats, cache=cache,
+                              velocity=velocity, key=key, refresh=rejected, aux=aux, info=info)
         return update, new_state
 
 

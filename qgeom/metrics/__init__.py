@@ -1,6 +1,7 @@
-"""The metric-tensor core: one protocol (``mv``, ``solve``, ``dense``), many metrics."""
+"""The metric-tensor core: one protocol (``mv``, ``solve``, ``dense``, ``factorize``), many metrics."""
 
 from qgeom.metrics.base import BlockDiagonal, DenseMetric, Metric, check_damping, check_like
+from qgeom.metrics.factorization import EighFactorization, KroneckerEigenbasis
 from qgeom.metrics.fisher import (
     OutputFisher,
     empirical_fisher,
@@ -11,7 +12,6 @@ from qgeom.metrics.fisher import (
     ggn_gaussian,
 )
 from qgeom.metrics.kronecker import (
-    KroneckerEigenInverse,
     KroneckerFactored,
     KroneckerInverse,
     factored_damping,
@@ -64,7 +64,9 @@ __all__ = [
     # Kronecker-factored
     "KroneckerFactored",
     "KroneckerInverse",
-    "KroneckerEigenInverse",
+    # factorizations (Metric.factorize())
+    "EighFactorization",
+    "KroneckerEigenbasis",
     "factored_damping",
     # low rank
     "nystrom",

@@ -6,6 +6,8 @@ Every metric object offers
 * ``mv(v)``               G·v for a pytree ``v`` shaped like the parameters;
 * ``solve(v, damping)``   (G + damping·I)⁻¹ v;
 * ``dense()``             the P×P matrix in ``jax.flatten_util.ravel_pytree`` order;
+* ``factorize()``         the same operator decomposed once (``qgeom.metrics.factorization``):
+                          cheap ``solve`` for any damping, extremal eigenvalues;
 
 and is a JAX pytree, so it can cross ``jit``/``vmap`` boundaries.
 """
@@ -82,12 +84,20 @@ class Metric(abc.ABC):
         return ravel_pytree(v)
 
     def solve(self, v: PyTree, damping=0.0) -> PyTree:
-        """(G + damping·I)⁻¹ v by a dense Cholesky-free symmetric solve (small P only)."""
+        """(G + damping·I)⁻¹ v by a dense LU solve (``jnp.linalg.solve``) of the P×P matrix (small P only)."""
         check_damping(damping)
         flat, unravel = self._flat(v)
         g = self.dense()
         x = jnp.linalg.solve(g + damping * jnp.eye(g.shape[0], dtype=g.dtype), flat)
         return unravel(x.astype(flat.dtype))
+
+    def factorize(self):
+        """A factorization of this metric (``qgeom.metrics.factorization``): the same operator,
+        decomposed once so that ``solve(v, λ)`` is cheap for every λ, with ``min_eigenvalue()``
+        and ``max_eigenvalue()``. Default: ``EighFactorization`` of ``dense()``."""
+        from qgeom.metrics.factorization import EighFactorization
+
+        return EighFactorization.of(self)
 
 
 @pytree_dataclass
@@ -106,10 +116,6 @@ class DenseMetric(Metric):
 
     def dense(self):
         return self.matrix
-
-    def solve(self, v, damping=0.0):
-        """(G + damping·I)⁻¹ v via an eigendecomposition-free symmetric positive solve."""
-        return Metric.solve(self, v, damping)
 
 
 @pytree_dataclass
@@ -143,3 +149,15 @@ class BlockDiagonal(Metric):
     def dense(self):
         mats = [self.blocks[k].dense() for k in sorted(self.blocks)]
         return jax.scipy.linalg.block_diag(*mats)
+
+    def factorize(self):
+        """Block by block: each block keeps its own (structured) factorization."""
+        return BlockDiagonal({k: b.factorize() for k, b in self.blocks.items()})
+
+    def min_eigenvalue(self):
+        """Smallest eigenvalue over the blocks (blocks must be factorizations)."""
+        return jnp.min(jnp.stack([b.min_eigenvalue() for b in self.blocks.values()]))
+
+    def max_eigenvalue(self):
+        """Largest eigenvalue over the blocks (blocks must be factorizations)."""
+        return jnp.max(jnp.stack([b.max_eigenvalue() for b in self.blocks.values()]))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from qgeom.metrics.base import Metric, check_damping, pytree_dataclass
+from qgeom.metrics.factorization import KroneckerEigenbasis
 
 _MODES = ("tikhonov", "eigen")
 _TRACE_FLOOR = 1e-30  # guards π against an all-zero factor
@@ -74,32 +75,17 @@ def factored_damping(A, G, damping, pi=None):
 
 @pytree_dataclass
 class KroneckerInverse:
-    """Cached factored inverse: ``apply(V) = A_inv V G_inv`` (i.e. (A_inv ⊗ G_inv) vec V)."""
+    """Cached damped inverse at a fixed damping: ``apply(V) = A_inv V G_inv`` (i.e.
+    (A_inv ⊗ G_inv) vec V); ``G_inv=None`` means the identity (FOOF's input-only inverse)."""
 
     A_inv: jax.Array
-    G_inv: jax.Array
+    G_inv: jax.Array | None = None
 
     def apply(self, v):
-        _check_v(v, (self.A_inv.shape[0], self.G_inv.shape[0]))
-        return self.A_inv @ v @ self.G_inv
-
-
-@pytree_dataclass
-class KroneckerEigenInverse:
-    """Cached inverse in a Kronecker eigenbasis: ``apply(V) = Q_A [scale ∘ (Q_Aᵀ V Q_G)] Q_Gᵀ``.
-
-    With ``scale_ij = 1/(α_i γ_j + λ)`` this is the exact (A ⊗ G + λI)⁻¹; EKFAC
-    (George et al. 2018) passes ``scale_ij = 1/(s_ij + λ)`` with its re-fitted
-    eigenvalues s_ij = E[((Q_Aᵀ a gᵀ Q_G)_ij)²].
-    """
-
-    Q_A: jax.Array
-    Q_G: jax.Array
-    scale: jax.Array
-
-    def apply(self, v):
-        _check_v(v, self.scale.shape)
-        return self.Q_A @ (self.scale * (self.Q_A.T @ v @ self.Q_G)) @ self.Q_G.T
+        d_g = v.shape[-1] if self.G_inv is None else self.G_inv.shape[0]
+        _check_v(v, (self.A_inv.shape[0], d_g))
+        left = self.A_inv @ v
+        return left if self.G_inv is None else left @ self.G_inv
 
 
 @pytree_dataclass
@@ -120,8 +106,8 @@ class KroneckerFactored(Metric):
     * ``"eigen"``: the exact (A ⊗ G + λI)⁻¹ via A = Q_A diag(α) Q_Aᵀ, G = Q_G diag(γ) Q_Gᵀ:
       Q_A [(Q_Aᵀ V Q_G) / (α γᵀ + λ)] Q_Gᵀ.
 
-    ``inverse(λ)`` precomputes either form once so an optimizer can cache it and
-    apply it cheaply every step; ``eigh()`` exposes the eigenbases (for EKFAC).
+    ``inverse(λ)`` caches the Tikhonov form at one λ; ``factorize()`` caches the eigenbases
+    (``KroneckerEigenbasis``) for the exact solve at any λ; ``eigh()`` exposes them.
     A and G must be symmetric PSD (not checked beyond shape; the caller builds them
     as second moments).
     """
@@ -179,27 +165,29 @@ class KroneckerFactored(Metric):
         """jnp.kron(A, G): row-major ravel of W, index (i, j) ↦ i·dim G + j."""
         return jnp.kron(self.A, self.G)
 
-    def damping_split(self, damping):
-        """(γ_A, γ_G) = (π√λ, √λ/π) used by the tikhonov solve."""
-        check_damping(damping)
-        return factored_damping(self.A, self.G, damping, self.pi)
-
     def eigh(self):
         """Eigendecompositions (α, Q_A, γ, Q_G) with A = Q_A diag(α) Q_Aᵀ, G = Q_G diag(γ) Q_Gᵀ."""
         alpha, qa = jnp.linalg.eigh(self.A)
         gamma, qg = jnp.linalg.eigh(self.G)
         return alpha, qa, gamma, qg
 
+    def factorize(self):
+        """The exact ``KroneckerEigenbasis`` of A ⊗ G (S = α γᵀ): ``solve(V, λ)`` is the exact
+        (A ⊗ G + λI)⁻¹ V for any λ, whatever ``mode``."""
+        return KroneckerEigenbasis.of_factors(self.A, self.G)
+
     def inverse(self, damping=0.0):
-        """Precompute the damped inverse for ``mode``; returns an object with ``apply(V)``."""
+        """The factored-Tikhonov inverse at this damping, cached by Cholesky:
+        ``KroneckerInverse`` with ``apply(V) = (A + γ_A I)⁻¹ V (G + γ_G I)⁻¹``.
+        (For the exact inverse at any damping use ``factorize()``.)"""
         check_damping(damping)
-        if self.mode == "tikhonov":
-            ga, gg = factored_damping(self.A, self.G, damping, self.pi)
-            eye_a = jnp.eye(self.A.shape[0], dtype=self.A.dtype)
-            eye_g = jnp.eye(self.G.shape[0], dtype=self.G.dtype)
-            return KroneckerInverse(psd_inverse(self.A + ga * eye_a), psd_inverse(self.G + gg * eye_g))
-        alpha, qa, gamma, qg = self.eigh()
-        return KroneckerEigenInverse(qa, qg, 1.0 / (jnp.outer(alpha, gamma) + damping))
+        if self.mode != "tikhonov":
+            raise ValueError("inverse(damping) is the factored-Tikhonov inverse; in mode 'eigen' use "
+                             "factorize().solve(V, damping)")
+        ga, gg = factored_damping(self.A, self.G, damping, self.pi)
+        eye_a = jnp.eye(self.A.shape[0], dtype=self.A.dtype)
+        eye_g = jnp.eye(self.G.shape[0], dtype=self.G.dtype)
+        return KroneckerInverse(psd_inverse(self.A + ga * eye_a), psd_inverse(self.G + gg * eye_g))
 
     def solve(self, v, damping=0.0):
         """(A ⊗ G + λI)⁻¹ V, exactly (``"eigen"``) or by factored Tikhonov damping (``"tikhonov"``)."""
@@ -209,4 +197,4 @@ class KroneckerFactored(Metric):
             ga, gg = factored_damping(self.A, self.G, damping, self.pi)
             left = jnp.linalg.solve(self.A + ga * jnp.eye(self.A.shape[0], dtype=self.A.dtype), v)
             return jnp.linalg.solve(self.G + gg * jnp.eye(self.G.shape[0], dtype=self.G.dtype), left.T).T
-        return self.inverse(damping).apply(v)
+        return self.factorize().solve(v, damping)

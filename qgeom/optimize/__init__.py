@@ -9,10 +9,18 @@
   evaluations, stopping on non-finite values;
 * ``BKMNaturalGradientOptimizer``, ``MirrorDescentOptimizer`` — PennyLane-shaped
   (``step`` / ``step_and_cost`` with ``rho_fn=qnode``) for density matrices of any origin;
+* ``qgeom.optimize.damping`` — the Levenberg–Marquardt and step-rejection rules shared with
+  ``classical``'s K-FAC family;
 * ``qgeom.optimize.sequence`` — warm- vs cold-start sequences (imaginary / real time).
 """
 
 from qgeom.optimize.baselines import adam, gd
+from qgeom.optimize.damping import (
+    all_finite,
+    levenberg_marquardt,
+    reduction_ratio,
+    rejected_damping,
+)
 from qgeom.optimize.mirror import (
     Divergence,
     MirrorDescentState,
@@ -25,7 +33,6 @@ from qgeom.optimize.mirror import (
 from qgeom.optimize.natural import (
     EighMetric,
     NaturalGradientState,
-    factorize,
     natural_gradient,
     qng,
     qpngd,
@@ -46,7 +53,10 @@ __all__ = [
     "density_divergence",
     "trace_rho_log_rho",
     "EighMetric",
-    "factorize",
+    "levenberg_marquardt",
+    "reduction_ratio",
+    "rejected_damping",
+    "all_finite",
     "NaturalGradientState",
     "MirrorDescentState",
     "fit",

@@ -4,8 +4,9 @@
 
 ``natural_gradient(metric_fn, ...)`` turns any ``metric_fn(params) -> Metric`` into an
 optax ``GradientTransformationExtraArgs``. The metric is eigendecomposed block by block
-(``BlockDiagonal`` blocks separately, P_k × P_k each) when it is refreshed and the
-factorization is kept in the optimizer state, so a damped solve is two matrix-vector
+(``BlockDiagonal`` blocks separately, P_k × P_k each: ``Metric.factorize()``, an
+``EighFactorization`` per dense block) when it is refreshed and the factorization is kept in
+the optimizer state, so a damped solve is two matrix-vector
 products for any λ. Damping, both parts configurable:
 
 * the rule of the QPNGD authors' code: add ``shift`` (1) when λ_min(G) ≤ ``shift_threshold``
@@ -14,12 +15,14 @@ products for any λ. Damping, both parts configurable:
   refresh G only every ``refresh_every`` steps and, with ``adapt_damping=True``, adapt the
   ridge λ Levenberg–Marquardt style from the reduction ratio
   r = (L(θ_t) − L(θ_{t−1})) / (gᵀδ + ½ δᵀGδ) of the previous step: λ ← λ·``lm_decay`` if
-  r > 3/4, λ ← λ/``lm_decay`` if r < 1/4, clipped to ``damping_bounds``. The loss value
+  r > 3/4, λ ← λ/``lm_decay`` if r < 1/4, clipped to ``damping_bounds``
+  (``qgeom.optimize.damping.levenberg_marquardt``, the rule K-FAC uses). The loss value
   must then be passed as ``update(grads, state, params, value=loss)`` (``fit`` does).
 
 A step whose direction is not finite (NaN/Inf gradient, loss or solve) is rejected: a zero
 update (or, with ``adapt_damping``, a return to the last accepted point) is returned, the
-ridge is multiplied by 10 and ``state.rejected`` counts it.
+ridge is multiplied by 10 (``qgeom.optimize.damping.rejected_damping``; by 1/``lm_decay``² when
+the loss rose) and ``state.rejected`` counts it.
 """
 
 from __future__ import annotations
@@ -29,78 +32,23 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
+from optax import tree_utils as otu
 
-from qgeom.metrics.base import BlockDiagonal, Metric, check_damping, check_like, pytree_dataclass
+from qgeom.metrics.factorization import EighFactorization
 from qgeom.optimize._checks import check_count, check_positive
+from qgeom.optimize.damping import (
+    all_finite,
+    levenberg_marquardt,
+    reduction_ratio,
+    rejected_damping,
+)
 
-
-@pytree_dataclass
-class EighMetric(Metric):
-    """A dense metric stored as its eigendecomposition G = V diag(w) Vᵀ (w clipped at 0).
-
-    ``solve(v, λ) = V diag(1/(w + λ)) Vᵀ v`` costs two mat-vecs for any λ, which is what a
-    cached factorization with adaptive damping needs.
-    """
-
-    vecs: jax.Array
-    vals: jax.Array
-    params: Any
-
-    def _like(self):
-        return self.params
-
-    @classmethod
-    def of(cls, metric):
-        """Eigendecompose ``metric.dense()`` (symmetrised first)."""
-        g = metric.dense()
-        vals, vecs = jnp.linalg.eigh(0.5 * (g + g.T))
-        return cls(vecs, jnp.maximum(vals, 0.0), metric._like())
-
-    def _apply(self, v, weights):
-        flat, unravel = ravel_pytree(v)
-        return unravel((self.vecs @ (weights * (self.vecs.T @ flat))).astype(flat.dtype))
-
-    def mv(self, v):
-        check_like(v, self.params, "v")
-        return self._apply(v, self.vals)
-
-    def solve(self, v, damping=0.0):
-        check_damping(damping)
-        check_like(v, self.params, "v")
-        return self._apply(v, 1.0 / (self.vals + damping))
-
-    def dense(self):
-        return (self.vecs * self.vals) @ self.vecs.T
-
-    def min_eigenvalue(self):
-        return jnp.min(self.vals)
-
-
-def factorize(metric):
-    """``EighMetric`` of every block of a ``BlockDiagonal`` (or of the whole metric)."""
-    if isinstance(metric, BlockDiagonal):
-        return BlockDiagonal({k: EighMetric.of(b) for k, b in metric.blocks.items()})
-    return EighMetric.of(metric)
-
-
-def _min_eigenvalue(factored):
-    if isinstance(factored, BlockDiagonal):
-        return jnp.min(jnp.stack([b.min_eigenvalue() for b in factored.blocks.values()]))
-    return factored.min_eigenvalue()
-
-
-def _vdot(a, b):
-    return sum(jnp.vdot(x, y).real for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-
-
-def _all_finite(*trees):
-    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
-    return jnp.all(jnp.stack(leaves))
+EighMetric = EighFactorization  # the name under which qgeom.optimize exported it
+_all_finite = all_finite  # imported under this name by qgeom.optimize.mirror
 
 
 class NaturalGradientState(NamedTuple):
-    """count: steps taken; factored: cached ``EighMetric`` blocks; damping: current ridge λ;
+    """count: steps taken; factored: the cached factorization (``Metric.factorize()``); damping: current ridge λ;
     prev_params / prev_grads / prev_value / prev_pred: the last accepted point, its gradient
     and loss, and the model-predicted change of the step taken from it (for the LM ratio and
     step rejection); rejected: rejected steps; refreshes: metric evaluations."""
@@ -169,17 +117,16 @@ def natural_gradient(
             raise ValueError("momentum cannot be combined with adapt_damping=True (rejected steps would "
                              "have to undo the velocity)")
 
+    def factorize(p):
+        return metric_fn(p).factorize()
+
     def init(params):
-        shapes = jax.eval_shape(lambda p: factorize(metric_fn(p)), params)
+        shapes = jax.eval_shape(factorize, params)
         factored = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         z = jnp.zeros((), jnp.float64)
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return NaturalGradientState(
-            jnp.zeros((), jnp.int32), factored, jnp.asarray(damping, jnp.float64), params, zeros, z, z,
-            jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-
-    def where(c, a, b):
-        return jax.tree_util.tree_map(lambda x, y: jnp.where(c, x, y), a, b)
+            jnp.zeros((), jnp.int32), factored, jnp.asarray(damping, jnp.float64), params,
+            otu.tree_zeros_like(params), z, z, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def update(grads, state, params=None, *, value=None, **extra):
         del extra
@@ -188,39 +135,38 @@ def natural_gradient(
         if adapt_damping and value is None:
             raise ValueError("adapt_damping=True needs the loss: update(grads, state, params, value=loss)")
         lam = state.damping
-        finite_in = _all_finite(grads) & (True if value is None else jnp.isfinite(value))
+        finite_in = all_finite(grads) & (True if value is None else jnp.isfinite(value))
         reject = ~finite_in & (state.count > 0)
         if adapt_damping:
-            ratio = (value - state.prev_value) / jnp.minimum(state.prev_pred, -1e-300)
-            new = jnp.where(ratio > 0.75, lam * lm_decay, jnp.where(ratio < 0.25, lam / lm_decay, lam))
+            new = levenberg_marquardt(lam, reduction_ratio(value - state.prev_value, state.prev_pred), lm_decay)
             reject = reject | ((state.count > 0) & (value > state.prev_value))
-            new = jnp.where(reject, lam / lm_decay**2, new)
+            new = jnp.where(reject, rejected_damping(lam, 1.0 / lm_decay**2), new)
             lam = jnp.where(state.count > 0, jnp.clip(new, lo, hi), lam)
-            base = where(reject, state.prev_params, params)
-            g = where(reject, state.prev_grads, grads)
+            base = otu.tree_where(reject, state.prev_params, params)
+            g = otu.tree_where(reject, state.prev_grads, grads)
             base_value = jnp.where(reject, state.prev_value, value)
         else:
             base, g, base_value = params, grads, (0.0 if value is None else value)
 
         refresh = (state.count % refresh_every == 0) & ~reject
-        factored = jax.lax.cond(refresh, lambda p: factorize(metric_fn(p)), lambda p: state.factored, base)
-        total = lam + shift * (_min_eigenvalue(factored) <= shift_threshold)
-        step = jax.tree_util.tree_map(lambda d: -lr * d, factored.solve(g, total))
-        curv = _vdot(step, factored.mv(step))
+        factored = jax.lax.cond(refresh, factorize, lambda p: state.factored, base)
+        total = lam + shift * (factored.min_eigenvalue() <= shift_threshold)
+        step = otu.tree_scale(-lr, factored.solve(g, total))
+        curv = otu.tree_real(otu.tree_vdot(step, factored.mv(step)))
         if max_norm is not None:
             scale = jnp.minimum(1.0, jnp.sqrt(max_norm / jnp.maximum(curv, 1e-300)))
-            step = jax.tree_util.tree_map(lambda d: scale * d, step)
+            step = otu.tree_scale(scale, step)
             curv = curv * scale**2
-        pred = _vdot(g, step) + 0.5 * curv
+        pred = otu.tree_real(otu.tree_vdot(g, step)) + 0.5 * curv
 
-        ok = _all_finite(step) & (finite_in | reject)
-        step = where(ok, step, jax.tree_util.tree_map(jnp.zeros_like, step))
-        updates = jax.tree_util.tree_map(lambda b, d, p: b + d - p, base, step, params)
+        ok = all_finite(step) & (finite_in | reject)
+        step = otu.tree_where(ok, step, otu.tree_zeros_like(step))
+        updates = otu.tree_sub(otu.tree_add(base, step), params)
         rejected = reject | ~ok
         new_state = NaturalGradientState(
             count=state.count + 1,
             factored=factored,
-            damping=jnp.where(ok, lam, jnp.minimum(10.0 * jnp.maximum(lam, 1e-3), 1e6)),
+            damping=jnp.where(ok, lam, rejected_damping(lam, 10.0, floor=1e-3, ceiling=1e6)),
             prev_params=base,
             prev_grads=g,
             prev_value=jnp.asarray(base_value, jnp.float64),

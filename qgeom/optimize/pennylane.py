@@ -30,7 +30,8 @@ when no keyword arguments are passed.
 
 A step whose cost, gradient or update is not finite is rejected: the parameters are
 returned unchanged, a ``RuntimeWarning`` reports it, and (natural gradient) the ridge
-damping is multiplied by 10 for the following steps.
+damping is multiplied by 10 (at least 1e-3) for the following steps
+(``qgeom.optimize.damping.rejected_damping``, the rule every qgeom optimizer uses).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ import optax
 
 from qgeom.metrics.quantum import DEFAULT_FLOOR, bkm, check_density_matrix
 from qgeom.optimize._checks import check_alpha, check_count, check_positive
+from qgeom.optimize.damping import all_finite, rejected_damping
 from qgeom.optimize.mirror import density_divergence, mirror_descent
-from qgeom.optimize.natural import _all_finite, natural_gradient
+from qgeom.optimize.natural import natural_gradient
 
 
 class _MixedStateOptimizer:
@@ -73,7 +75,7 @@ class _MixedStateOptimizer:
             value, grads = jax.value_and_grad(lambda ps: cost(*ps, **kwargs))(params)
             updates, _ = tx.update(grads, tx.init(params), params, value=value)
             new = optax.apply_updates(params, updates)
-            ok = jnp.isfinite(value) & _all_finite(grads, updates)
+            ok = jnp.isfinite(value) & all_finite(grads, updates)
             return new, value, ok
 
         return jax.jit(step)
@@ -144,7 +146,7 @@ class BKMNaturalGradientOptimizer(_MixedStateOptimizer):
                                 shift=self.shift, shift_threshold=self.shift_threshold)
 
     def _on_reject(self):
-        self.damping = max(10.0 * self.damping, 1e-3)
+        self.damping = float(rejected_damping(self.damping, 10.0, floor=1e-4))
 
 
 class MirrorDescentOptimizer(_MixedStateOptimizer):

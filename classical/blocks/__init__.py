@@ -1,0 +1,12 @@
+"""Curvature blocks for the K-FAC family: one block kind per module (see ``base`` for the protocol).
+
+* ``base``: ``CurvatureBlock`` (protocol), ``LayerBatch``, ``Layerwise`` (block-diagonal curvature);
+* ``kronecker``: ``KroneckerBlock`` (K-FAC's A ⊗ G); ``input_only``: ``InputOnlyBlock`` (FOOF);
+"""
+
+from classical.blocks.base import CurvatureBlock, LayerBatch, Layerwise, input_factor, output_factor
+from classical.blocks.input_only import InputOnlyBlock
+from classical.blocks.kronecker import KroneckerBlock
+
+__all__ = ["CurvatureBlock", "LayerBatch", "Layerwise", "input_factor", "output_factor", "KroneckerBlock",
+           "InputOnlyBlock"]
