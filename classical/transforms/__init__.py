@@ -7,7 +7,8 @@
 All take the learning rate first and work in any optax loop (Flax, Equinox, plain pytrees).
 """
 
+from classical.transforms.mfac import MFACState, mfac, window_metric
 from classical.transforms.shampoo import ShampooState, scale_by_shampoo, shampoo
 from classical.transforms.soap import SOAPState, soap
 
-__all__ = ["SOAPState", "ShampooState", "scale_by_shampoo", "shampoo", "soap"]
+__all__ = ["MFACState", "SOAPState", "ShampooState", "mfac", "scale_by_shampoo", "shampoo", "soap", "window_metric"]
