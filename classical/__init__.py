@@ -5,5 +5,10 @@
 * ``classical.kfac``: ``KFAC`` (fused ``step`` and optax ``update``), ``kfac`` (optax transformation);
 * ``classical.foof``: FOOF (A factor only); ``classical.baselines``: SGD (Sutskever momentum), Adam;
 * ``classical.tracing``: use a Flax/Equinox MLP without per-layer registration;
-* ``classical.data``: offline datasets.
+* ``classical.data``: offline datasets;
+* ``classical.transforms``: optax transformations from gradients alone: ``shampoo``, ``soap``, ``mfac``.
 """
+
+from classical.transforms import mfac, shampoo, soap
+
+__all__ = ["mfac", "shampoo", "soap"]
