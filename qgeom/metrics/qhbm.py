@@ -79,22 +79,23 @@ def _apply_gate(mat, pos, t):
     return jnp.moveaxis(t, tuple(range(k)), tuple(pos))
 
 
-def circuit_generators(circuit, phi):
-    """T_j = i U†∂_{φ_j}U for every circuit parameter (ravel order): shape (P_φ, 2ⁿ, 2ⁿ). Hermitian.
+def _per_gate_generators(circuit, phi):
+    """Per-gate generators T_g = −V_g† H_g V_g, shape (G, 2ⁿ, 2ⁿ), and J_gj = ∂θ_g/∂φ_j, or None.
 
-    Fast path (every gate has at most one parameter and a PennyLane generator H_g, gate
-    = e^{iθ_g H_g}): with V_g the product of the gates up to and including gate g,
-    i U†∂_{θ_g}U = −V_g† H_g V_g, so one sweep through the circuit plus one 2ⁿ×2ⁿ product per
-    parameterized gate gives every per-gate generator; the chain rule through
-    J_gj = ∂θ_g/∂φ_j (reverse-mode Jacobian of the gate angles) gives T_j = Σ_g J_gj T_g.
-    Otherwise: one ``jax.jacfwd`` of ``circuit.unitary`` (P_φ tangents), ≈ 4× slower at n = 6.
+    None when some gate has several parameters or no PennyLane generator. One sweep through the
+    circuit keeps the prefix V (gates so far). A single-qubit gate g on wire w sees
+    V_g = X·L_g·F_w, with F_w the prefix right after the last multi-qubit gate on w (identity
+    before any), L_g the single-qubit gates on w since then and X gates on other wires, which
+    commute with H_g. So V_g† H_g V_g = F_w† O_g F_w with the 2×2 O_g = L_g† H_g L_g, and
+    F† O F = Σ_ab (O_g)_ab F_a† F_b (F_a: rows of F with bit w = a; F_1†F_1 = I − F_0†F_0).
+    Every parameterized gate of one run on w thus shares the two half-size products
+    F_0†[F_0, F_1] — one 2ⁿ×2ⁿ complex product per (wire, run) instead of one per gate, none
+    while F_w is still the identity. Multi-qubit parameterized gates (IsingZZ, …) take one
+    product V_g†(H_g V_g) each.
     """
     found = _gate_generators(circuit, phi)
     if found is None:
-        u = circuit.unitary(phi)
-        d = u.shape[0]
-        jac = jax.jacfwd(circuit.unitary)(phi).reshape(d, d, -1)
-        return 1j * jnp.einsum("ki,klp->pil", u.conj(), jac)
+        return None
     ops, gens = found
     n, d = circuit.n, 2**circuit.n
     pos_of = {w: i for i, w in enumerate(circuit.wires)}
@@ -104,17 +105,71 @@ def circuit_generators(circuit, phi):
                           if op.num_params == 1])
 
     jac = jax.jacrev(angles)(phi).reshape(len(gens), -1)  # (gates, P_φ)
-    v = jnp.eye(d, dtype=jnp.complex128).reshape((2,) * n + (d,))
-    prefixes, h_prefixes, it = [], [], iter(gens)
+    eye = jnp.eye(d, dtype=jnp.complex128)
+    v = eye.reshape((2,) * n + (d,))
+    frame, local = [None] * n, [jnp.eye(2, dtype=jnp.complex128)] * n
+    pending, per_gate = [[] for _ in range(n)], [None] * len(gens)
+
+    def flush(w):
+        if not pending[w]:
+            return
+        if frame[w] is None:  # F = I: T_g is O_g on wire w
+            for g, o in pending[w]:
+                per_gate[g] = -_apply_gate(o, (w,), eye.reshape((2,) * n + (d,))).reshape(d, d)
+        else:
+            rows = frame[w].reshape(2**w, 2, 2 ** (n - w - 1), d)
+            f0, f1 = rows[:, 0].reshape(d // 2, d), rows[:, 1].reshape(d // 2, d)
+            c = cmatmul(f0.conj().T, jnp.concatenate([f0, f1], axis=1))
+            c00, c01 = c[:, :d], c[:, d:]
+            for g, o in pending[w]:
+                per_gate[g] = -(o[1, 1] * eye + (o[0, 0] - o[1, 1]) * c00 + o[0, 1] * c01 + o[1, 0] * c01.conj().T)
+        pending[w] = []
+
+    it = iter(range(len(gens)))
     for op in ops:
         pos = tuple(pos_of[w] for w in op.wires.tolist())
-        v = _apply_gate(op.matrix(), pos, v)
+        mat = op.matrix()
+        if len(pos) == 1:
+            (w,) = pos
+            v = _apply_gate(mat, pos, v)
+            local[w] = jnp.asarray(mat, dtype=jnp.complex128) @ local[w]
+            if op.num_params == 1:
+                g = next(it)
+                pending[w].append((g, local[w].conj().T @ gens[g] @ local[w]))
+            continue
+        for w in pos:
+            flush(w)
+        v = _apply_gate(mat, pos, v)
         if op.num_params == 1:
-            prefixes.append(v.reshape(d, d))
-            h_prefixes.append(_apply_gate(next(it), pos, v).reshape(d, d))
-    # all V_g† (H_g V_g) in one batched product, as real GEMMs (qgeom.linalg: ~3.5× faster on CPU)
-    per_gate = -cmatmul(jnp.stack(prefixes).conj(), jnp.stack(h_prefixes), "gki,gkl->gil")
-    return cmatmul(jac.T, per_gate.reshape(len(gens), -1)).reshape(-1, d, d)
+            g = next(it)
+            prefix = v.reshape(d, d)
+            per_gate[g] = -cmatmul(prefix.conj().T, _apply_gate(gens[g], pos, v).reshape(d, d))
+        for w in pos:
+            frame[w], local[w] = v.reshape(d, d), jnp.eye(2, dtype=jnp.complex128)
+    for w in range(n):
+        flush(w)
+    return jnp.stack(per_gate), jac
+
+
+def circuit_generators(circuit, phi):
+    """T_j = i U†∂_{φ_j}U for every circuit parameter (ravel order): shape (P_φ, 2ⁿ, 2ⁿ). Hermitian.
+
+    Fast path (every gate has at most one parameter and a PennyLane generator H_g, gate
+    = e^{iθ_g H_g}): with V_g the product of the gates up to and including gate g,
+    i U†∂_{θ_g}U = −V_g† H_g V_g, from one sweep through the circuit (see
+    ``_per_gate_generators`` for how single-qubit gates share products); the chain rule through
+    J_gj = ∂θ_g/∂φ_j (reverse-mode Jacobian of the gate angles) gives T_j = Σ_g J_gj T_g.
+    Otherwise: one ``jax.jacfwd`` of ``circuit.unitary`` (P_φ tangents), ≈ 4× slower at n = 6.
+    """
+    found = _per_gate_generators(circuit, phi)
+    if found is None:
+        u = circuit.unitary(phi)
+        d = u.shape[0]
+        jac = jax.jacfwd(circuit.unitary)(phi).reshape(d, d, -1)
+        return 1j * jnp.einsum("ki,klp->pil", u.conj(), jac)
+    per_gate, jac = found
+    d = per_gate.shape[-1]
+    return cmatmul(jac.T, per_gate.reshape(per_gate.shape[0], -1)).reshape(-1, d, d)
 
 
 def circuit_bkm_matrix(gens, log_p):
@@ -139,7 +194,12 @@ def qhbm_bkm(model, params):
     theta, phi = params["theta"], params["phi"]
     f_theta = ebm_fisher_matrix(model.ebm, theta)
     _, log_p = _energy_jacobian(model.ebm, theta)
-    g_phi = circuit_bkm_matrix(circuit_generators(model.circuit, phi), log_p)
+    found = _per_gate_generators(model.circuit, phi)
+    if found is not None and found[1].shape[0] <= found[1].shape[1]:  # G ≤ P_φ: Jᵀ G_gates J
+        per_gate, jac = found
+        g_phi = jac.T @ circuit_bkm_matrix(per_gate, log_p) @ jac
+    else:
+        g_phi = circuit_bkm_matrix(circuit_generators(model.circuit, phi), log_p)
     return BlockDiagonal({"theta": DenseMetric(f_theta, theta), "phi": DenseMetric(g_phi, phi)})
 
 
