@@ -126,7 +126,7 @@ class _Gaussian:
 
 
 def _clip(tree, max_norm):
-    norm = optax.tree_utils.tree_l2_norm(tree)
+    norm = optax.tree_utils.tree_norm(tree)
     return jax.tree.map(lambda x: x * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-300)), tree)
 
 
@@ -249,7 +249,7 @@ class _Euclid(_Gaussian):
         neg = jax.tree.map(jnp.negative, grads)
         updates, opt_state = self.opt.update(neg, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(elbo) & (optax.tree_utils.tree_l2_norm(params) < jnp.inf)
+        finite = jnp.isfinite(elbo) & (optax.tree_utils.tree_norm(params) < jnp.inf)
         return EuclidState(params, opt_state, cv, state.count + 1), {"elbo": elbo, "finite": finite}
 
 
