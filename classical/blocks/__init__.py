@@ -2,11 +2,13 @@
 
 * ``base``: ``CurvatureBlock`` (protocol), ``LayerBatch``, ``Layerwise`` (block-diagonal curvature);
 * ``kronecker``: ``KroneckerBlock`` (K-FAC's A ⊗ G); ``input_only``: ``InputOnlyBlock`` (FOOF);
+* ``ekfac``: ``EKFACBlock`` (K-FAC's eigenbasis, per-example re-fitted diagonal);
 """
 
 from classical.blocks.base import CurvatureBlock, LayerBatch, Layerwise, input_factor, output_factor
+from classical.blocks.ekfac import EKFACBlock
 from classical.blocks.input_only import InputOnlyBlock
 from classical.blocks.kronecker import KroneckerBlock
 
 __all__ = ["CurvatureBlock", "LayerBatch", "Layerwise", "input_factor", "output_factor", "KroneckerBlock",
-           "InputOnlyBlock"]
+           "InputOnlyBlock", "EKFACBlock"]

@@ -1,0 +1,33 @@
+"""Factories for the K-FAC family on the block engine: each returns a ``classical.kfac.KFAC``
+(fused ``step``, optax ``update``, ``gradient_transformation()``) with another curvature.
+
+* ``ekfac(model, s_decay=None, **settings)`` — EKFAC (George et al. 2018):
+  ``classical.blocks.ekfac.EKFACBlock`` on every layer;
+* ``rs_kfac(model, rank=..., **settings)`` — randomized K-FAC (Puiu 2022):
+  ``classical.blocks.randomized.RandomizedKroneckerBlock``;
+* ``kfac_tridiag(model, **settings)`` — block-tridiagonal K-FAC (Martens & Grosse 2015 §4.3):
+  ``classical.blocks.tridiagonal.TridiagonalKronecker`` over all layers.
+
+``settings`` are ``KFAC``'s keyword arguments (learning rate, momentum, damping, periods, …).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from classical.blocks.ekfac import EKFACBlock
+from classical.kfac import KFAC
+
+
+def _no_blocks(settings, name):
+    for bad in ("blocks", "inverse"):
+        if bad in settings:
+            raise ValueError(f"{name} sets its own curvature; it has no {bad!r} setting")
+
+
+def ekfac(model, *, s_decay=None, **settings) -> KFAC:
+    """EKFAC: K-FAC's eigenbasis (refreshed every ``inverse_period`` steps) with the diagonal
+    S = E[(Q_Aᵀ ∇W_n Q_G)²] re-estimated at every statistics update (EMA decay ``s_decay``, or
+    the statistics' ε_k when ``None``); ΔW = Q_A[(Q_Aᵀ ∇W Q_G)/(S + λ)]Q_Gᵀ."""
+    _no_blocks(settings, "ekfac")
+    return KFAC(model, blocks=functools.partial(EKFACBlock, s_decay=s_decay), **settings)
