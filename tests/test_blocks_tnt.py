@@ -1,0 +1,126 @@
+"""TNT's block (classical.blocks.tnt) against kfac-jax 0.0.8's ``NaiveTNT`` / ``DenseTNT`` on the same batch,
+and against closed forms.
+
+Convention (kfac_jax/_src/curvature_blocks/tnt.py and the K-FAC comparison in
+test_classical_kfac.py): kfac-jax scales each example's gradient by 1/√N, so its factors are
+ours divided by N; its ``tnt_scale`` c = (tr U_1 tr U_2)^{-1/2} is scale-covariant, so
+c·U_1 ⊗ U_2 is ours divided by N too. Float32 factors of O(1) entries summed over N = 16
+examples: rtol 1e-5 (≈ 100 u32).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import qgeom  # noqa: F401
+from classical.blocks.base import LayerBatch
+from classical.blocks.tnt import TNTBlock, normalized_factors, tnt_factors
+from classical.models import mlp
+
+kfac_jax = pytest.importorskip("kfac_jax", reason="kfac-jax (the `ref` extra) is not installed")
+
+N = 16
+
+
+@pytest.fixture(scope="module")
+def problem():
+    net = mlp([5, 6, 4], "tanh", "categorical")
+    params = net.init(jax.random.PRNGKey(0))
+    kx, ky = jax.random.split(jax.random.PRNGKey(1))
+    x = jax.random.normal(kx, (N, 5), jnp.float32)
+    y = jax.random.randint(ky, (N,), 0, 4)
+
+    def summed_nll(taps):
+        out, inputs = net.apply_tapped(params, x, taps)
+        return jnp.sum(net.output.nll(out, y)), inputs
+
+    g, inputs = jax.grad(summed_nll, has_aux=True)(net.zero_taps(x))
+    batches = {k: LayerBatch(inputs[k], g[k]) for k in net.names}
+    return net, params, x, y, batches
+
+
+def _kfac_jax_factors(net, params, x, y, ctor):
+    def loss(kp, batch):
+        h = batch[0]
+        for i, k in enumerate(sorted(kp)):
+            h = h @ kp[k]["w"] + kp[k]["b"]
+            h = jnp.tanh(h) if i == 0 else h
+        kfac_jax.register_softmax_cross_entropy_loss(h, batch[1])
+        return jnp.mean(net.output.nll(h, batch[1]))
+
+    opt = kfac_jax.Optimizer(
+        value_and_grad_func=jax.value_and_grad(loss), l2_reg=0.0, use_adaptive_learning_rate=False,
+        use_adaptive_momentum=False, use_adaptive_damping=False, estimation_mode="fisher_empirical",
+        inverse_update_period=1, multi_device=False, num_burnin_steps=0, layer_tag_to_block_ctor={"dense": ctor})
+    # float64 for kfac-jax: its ``tnt_scale`` mixes a float64 literal with float32 factors under x64
+    kp = {k: {"w": w[:-1].astype(jnp.float64), "b": w[-1].astype(jnp.float64)} for k, w in params.items()}
+    x = x.astype(jnp.float64)
+    state = opt.init(kp, jax.random.PRNGKey(3), (x, y))
+    _, state, _ = opt.step(kp, state, jax.random.PRNGKey(4), batch=(x, y), learning_rate=1.0, momentum=0.0,
+                           damping=0.1, global_step_int=0)
+    return [[np.asarray(f.value / f.weight) for f in b.factors] for b in state.estimator_state.blocks_states]
+
+
+@pytest.mark.parametrize("form,ctor", [("minibatch", "NaiveTNT"), ("per_example", "DenseTNT")])
+def test_factors_equal_kfac_jax(problem, form, ctor):
+    net, params, x, y, batches = problem
+    theirs = _kfac_jax_factors(net, params, x, y, getattr(kfac_jax, ctor))
+    for k, (t1, t2) in zip(sorted(params), theirs):
+        block = TNTBlock(net.layer_shapes[k], form=form)
+        stats = block.update(block.init(), batches[k], 0.0)
+        np.testing.assert_allclose(stats["U1"], N * t1, rtol=1e-5, atol=1e-6 * np.abs(N * t1).max())
+        np.testing.assert_allclose(stats["U2"], N * t2, rtol=1e-5, atol=1e-6 * np.abs(N * t2).max())
+        scale = float(kfac_jax.utils.tnt_scale([jnp.asarray(t1), jnp.asarray(t2)]))
+        np.testing.assert_allclose(block.metric(stats).dense(), N * scale * np.kron(t1, t2), rtol=2e-5,
+                                   atol=1e-6 * N * scale * np.abs(np.kron(t1, t2)).max())
+
+
+def test_single_example_closed_form():
+    """One example: ∇W = ā gᵀ, U_1 = ‖g‖² ā āᵀ, U_2 = ‖ā‖² g gᵀ in both forms; Ũ_1 ⊗ Ũ_2 = vec∇W vec∇Wᵀ, the
+    one-example Fisher itself (the scale c is right)."""
+    rng = np.random.default_rng(0)
+    a, g = rng.standard_normal(3).astype(np.float32), rng.standard_normal(2).astype(np.float32)
+    batch = LayerBatch(jnp.asarray(a[None, None]), jnp.asarray(g[None, None]))
+    ab = np.append(a, 1.0)
+    for form in ("minibatch", "per_example"):
+        u1, u2 = tnt_factors(batch, form)
+        np.testing.assert_allclose(u1, (g @ g) * np.outer(ab, ab), rtol=1e-5)
+        np.testing.assert_allclose(u2, (ab @ ab) * np.outer(g, g), rtol=1e-5)
+    w = np.outer(ab, g).ravel()
+    n1, n2 = normalized_factors(*tnt_factors(batch, "per_example"))
+    np.testing.assert_allclose(np.kron(n1, n2), np.outer(w, w), rtol=1e-5, atol=1e-6 * (w @ w))
+
+
+def test_conv_per_example_form_contracts_whole_example_gradients():
+    """T = 3 positions: U_1 = (1/N) Σ_n ∇W_n ∇W_nᵀ with ∇W_n = Σ_t ā_t g_tᵀ (dense NumPy)."""
+    rng = np.random.default_rng(1)
+    a, g = rng.standard_normal((4, 3, 2)).astype(np.float32), rng.standard_normal((4, 3, 5)).astype(np.float32)
+    u1, u2 = tnt_factors(LayerBatch(jnp.asarray(a), jnp.asarray(g)), "per_example")
+    ab = np.concatenate([a, np.ones((4, 3, 1), np.float32)], axis=-1).astype(np.float64)
+    w = np.einsum("nti,nto->nio", ab, g)
+    np.testing.assert_allclose(u1, sum(wn @ wn.T for wn in w) / 4, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(u2, sum(wn.T @ wn for wn in w) / 4, rtol=1e-5, atol=1e-5)
+
+
+def test_apply_inverse_is_damped_kronecker_solve(problem):
+    net, params, x, y, batches = problem
+    k = net.names[0]
+    block = TNTBlock(net.layer_shapes[k], form="per_example")
+    stats = block.update(block.init(), batches[k], 0.5)
+    lam = 0.3
+    _, cache = block.refresh(stats, lam)
+    grad = jax.random.normal(jax.random.PRNGKey(5), net.layer_shapes[k], jnp.float32)
+    a, b = (np.asarray(m, np.float64) for m in normalized_factors(stats["U1"], stats["U2"]))
+    dense = np.kron(a + lam * np.eye(len(a)), b + lam * np.eye(len(b)))
+    want = np.linalg.solve(dense, np.asarray(grad, np.float64).ravel())
+    tol = 100 * np.finfo(np.float32).eps * np.linalg.cond(dense)
+    np.testing.assert_allclose(np.asarray(block.apply_inverse(stats, cache, grad, lam)).ravel(), want, rtol=tol,
+                               atol=tol * np.abs(want).max())
+
+
+def test_init_is_identity_and_bad_form_raises():
+    block = TNTBlock((4, 3))
+    np.testing.assert_allclose(block.metric(block.init()).dense(), np.eye(12))
+    with pytest.raises(ValueError, match="form"):
+        TNTBlock((4, 3), form="dense")
