@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from qgeom.spectral.lanczos import _concrete
+from qgeom.spectral.lanczos import _concrete, _hashable
 
 
 class NystromPreconditioner(NamedTuple):
@@ -170,10 +170,29 @@ def nystrom_pcg(mv, b, mu, rank, key, tol=1e-8, maxiter=1000, *, x0=None, adapti
     cb = _concrete(b)
     if cb is not None and not np.all(np.isfinite(cb)):
         raise ValueError("b contains NaN or Inf")
-    pre = nystrom_preconditioner(mv, dim, mu, rank, key, b.dtype, adaptive=adaptive, max_rank=max_rank,
-                                 rank_tol=rank_tol)
-    x, info = pcg(lambda v: mv(v).astype(b.dtype) + mu * v, b, x0, pre.apply, tol, maxiter)
+    mu = jnp.asarray(mu, b.dtype)
+    jit = _hashable(mv)  # compiled once per (mv, rank, maxiter, shapes) when mv can key a cache
+    if adaptive:
+        pre = nystrom_preconditioner(mv, dim, mu, rank, key, b.dtype, adaptive=True, max_rank=max_rank,
+                                     rank_tol=rank_tol)
+        x, info = (_solve_jit if jit else _solve)(mv, b, mu, pre, x0, tol, int(maxiter))
+    else:
+        x, info, pre = (_sketch_solve_jit if jit else _sketch_solve)(mv, b, mu, int(rank), key, x0, tol,
+                                                                     int(maxiter))
     cx = _concrete(x)
     if cx is not None and not np.all(np.isfinite(cx)):
         raise ValueError("the operator returned non-finite values (NaN/Inf) during Nyström-PCG")
     return x, {**info, "rank": pre.U.shape[1], "lambda_l": pre.lam[-1], "preconditioner": pre}
+
+
+def _solve(mv, b, mu, pre, x0, tol, maxiter):
+    return pcg(lambda v: mv(v).astype(b.dtype) + mu * v, b, x0, pre.apply, tol, maxiter)
+
+
+def _sketch_solve(mv, b, mu, rank, key, x0, tol, maxiter):
+    pre = nystrom_preconditioner(mv, b.shape[0], mu, rank, key, b.dtype)
+    return (*_solve(mv, b, mu, pre, x0, tol, maxiter), pre)
+
+
+_solve_jit = jax.jit(_solve, static_argnums=(0, 6))
+_sketch_solve_jit = jax.jit(_sketch_solve, static_argnums=(0, 3, 7))
