@@ -73,27 +73,32 @@ def _concrete(x):
         return None
 
 
-def check_density_matrix(rho, atol=1e-8) -> None:
+DENSITY_ATOL = 1e-8
+
+
+def check_density_matrix(rho, name: str = "rho", atol: float = DENSITY_ATOL) -> None:
     """Raise ``ValueError`` unless a concrete ``rho`` is a square, Hermitian, PSD, unit-trace matrix.
 
-    Tolerances: ‖ρ − ρ†‖_max ≤ atol, λ_min ≥ −atol, |tr ρ − 1| ≤ 1e-6. Tracers pass unchecked.
+    One tolerance ``atol`` for all three rounding checks: max|ρ − ρ†| ≤ atol,
+    |tr ρ − 1| ≤ atol, λ_min ≥ −atol. Tracers pass unchecked (checks run on concrete input).
     """
     r = _concrete(rho)
     if r is None:
         return
+    what = f"{name} is not a density matrix"
     if r.ndim != 2 or r.shape[0] != r.shape[1]:
-        raise ValueError(f"density matrix must be square, got shape {r.shape}")
+        raise ValueError(f"{what}: shape {r.shape} is not square")
     if not np.all(np.isfinite(r)):
-        raise ValueError("density matrix has non-finite entries")
-    herm = np.max(np.abs(r - r.conj().T))
+        raise ValueError(f"{what}: non-finite entries")
+    herm = np.max(np.abs(r - r.conj().T), initial=0.0)
     if herm > atol:
-        raise ValueError(f"density matrix is not Hermitian (max |ρ − ρ†| = {herm:.3g})")
+        raise ValueError(f"{what}: not Hermitian (max |ρ − ρ†| = {herm:.3g})")
     tr = np.trace(r).real
-    if abs(tr - 1.0) > 1e-6:
-        raise ValueError(f"density matrix has trace {tr:.8g}, expected 1")
-    lam = np.linalg.eigvalsh(0.5 * (r + r.conj().T))
-    if lam[0] < -atol:
-        raise ValueError(f"density matrix has a negative eigenvalue {lam[0]:.3g} (beyond rounding, tol {atol:g})")
+    if abs(tr - 1.0) > atol:
+        raise ValueError(f"{what}: trace is {tr:.12g}, not 1")
+    lmin = np.linalg.eigvalsh(0.5 * (r + r.conj().T))[0] if r.size else 0.0
+    if lmin < -atol:
+        raise ValueError(f"{what}: not positive semi-definite (smallest eigenvalue {lmin:.3g}, tol {atol:g})")
 
 
 def _real_vjp(fn, params, x):

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp, xlogy
 
+from qgeom.metrics.quantum import check_density_matrix
 from qgeom.quantum.hamiltonians import hamiltonian_matrix
-
-DENSITY_ATOL = 1e-8
 
 
 def check_beta(beta) -> None:
@@ -33,27 +32,6 @@ def check_beta(beta) -> None:
         return
     if b.ndim != 0 or not np.isfinite(b) or b <= 0:
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-
-
-def check_density_matrix(rho, name: str = "rho", atol: float = DENSITY_ATOL) -> None:
-    """Raise ``ValueError`` unless ``rho`` is square, Hermitian, of unit trace and PSD (within ``atol``)."""
-    try:
-        a = np.asarray(rho)
-    except Exception:  # traced
-        return
-    if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"{name} is not a density matrix: shape {a.shape} is not square")
-    if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} is not a density matrix: non-finite entries")
-    herm = np.max(np.abs(a - a.conj().T), initial=0.0)
-    if herm > atol:
-        raise ValueError(f"{name} is not a density matrix: not Hermitian (max |ρ − ρ†| = {herm:.3g})")
-    tr = np.trace(a).real
-    if abs(tr - 1) > atol:
-        raise ValueError(f"{name} is not a density matrix: trace is {tr:.12g}, not 1")
-    lmin = np.linalg.eigvalsh(a).min() if a.size else 0.0
-    if lmin < -atol:
-        raise ValueError(f"{name} is not a density matrix: not positive semi-definite (smallest eigenvalue {lmin:.3g})")
 
 
 def _spectrum(H):
