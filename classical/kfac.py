@@ -366,8 +366,8 @@ class KFAC:
         do = ok & ((state.step % self.inverse_period == 0) | state.refresh)
         return jax.lax.cond(do, lambda _: self.curvature.refresh(stats, damping), lambda _: (stats, state.cache), None)
 
-    def _transform_gradient(self, state: KFACState, grads):
-        """The gradient that is preconditioned, and the new ``aux`` (K-FAC: ∇h itself)."""
+    def _transform_gradient(self, state: KFACState, grads, params):
+        """Stage 5a: the gradient that is preconditioned and the new ``aux`` (K-FAC: ∇h itself)."""
         return grads, state.aux
 
     def _quadratic_model(self, lin: Linearization, nat, v0, lam):
@@ -443,7 +443,7 @@ class KFAC:
         ok_here = jnp.isfinite(lin.objective) & all_finite(lin.grads)
         stats, n_stats = self._update_statistics(state, lin, k_sample, ok_here)
         stats, cache = self._refresh(state, stats, lam + eta, ok_here)
-        g_pre, aux = self._transform_gradient(state, lin.grads)
+        g_pre, aux = self._transform_gradient(state, lin.grads, params)
         nat = otu.tree_scale(-1.0, self.curvature.apply_inverse(stats, cache, g_pre, lam + eta))  # Δ = −F̃⁻¹∇h
         alpha, mu, qchange = self._quadratic_model(lin, nat, state.velocity, lam)
         delta = jax.tree_util.tree_map(lambda a, b: alpha * a + mu * b, nat, state.velocity)
