@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 
 from classical.blocks.ekfac import EKFACBlock
+from classical.blocks.randomized import RandomizedKroneckerBlock
 from classical.kfac import KFAC
 
 
@@ -31,3 +32,15 @@ def ekfac(model, *, s_decay=None, **settings) -> KFAC:
     the statistics' ε_k when ``None``); ΔW = Q_A[(Q_Aᵀ ∇W Q_G)/(S + λ)]Q_Gᵀ."""
     _no_blocks(settings, "ekfac")
     return KFAC(model, blocks=functools.partial(EKFACBlock, s_decay=s_decay), **settings)
+
+
+def rs_kfac(model, *, rank=220, oversample=10, power_iters=3, relative_damping=False, **settings) -> KFAC:
+    """Randomized K-FAC (RS-KFAC): K-FAC whose factors are replaced at every refresh by rank-``rank``
+    randomized Nyström eigendecompositions (``oversample``, ``power_iters`` as in Halko et al.);
+    defaults are the paper's (220, 10, 3). ``relative_damping``: λ·max(D) per factor (the paper)
+    instead of K-FAC's factored Tikhonov split."""
+    _no_blocks(settings, "rs_kfac")
+    seed = settings.get("seed", 0)
+    return KFAC(model, blocks=functools.partial(RandomizedKroneckerBlock, rank=rank, oversample=oversample,
+                                                power_iters=power_iters, relative_damping=relative_damping,
+                                                seed=seed), **settings)

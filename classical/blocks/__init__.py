@@ -3,12 +3,14 @@
 * ``base``: ``CurvatureBlock`` (protocol), ``LayerBatch``, ``Layerwise`` (block-diagonal curvature);
 * ``kronecker``: ``KroneckerBlock`` (K-FAC's A ⊗ G); ``input_only``: ``InputOnlyBlock`` (FOOF);
 * ``ekfac``: ``EKFACBlock`` (K-FAC's eigenbasis, per-example re-fitted diagonal);
+* ``randomized``: ``RandomizedKroneckerBlock`` (RS-KFAC: rank-r randomized factor eigendecompositions);
 """
 
 from classical.blocks.base import CurvatureBlock, LayerBatch, Layerwise, input_factor, output_factor
 from classical.blocks.ekfac import EKFACBlock
 from classical.blocks.input_only import InputOnlyBlock
 from classical.blocks.kronecker import KroneckerBlock
+from classical.blocks.randomized import RandomizedKroneckerBlock
 
 __all__ = ["CurvatureBlock", "LayerBatch", "Layerwise", "input_factor", "output_factor", "KroneckerBlock",
-           "InputOnlyBlock", "EKFACBlock"]
+           "InputOnlyBlock", "EKFACBlock", "RandomizedKroneckerBlock"]
