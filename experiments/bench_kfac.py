@@ -19,7 +19,7 @@ statistics every step, damping interval 5, no burn-in, optimizer state donated t
 ``--block`` steps (= the inverse period, so every block holds exactly one inverse
 refresh); blocks of all methods are interleaved round-robin, in a rotating order, so
 the load of this shared machine falls on all of them alike. BLAS/LAPACK is limited to
-one thread for every contender (``kfac_common.single_threaded_blas``). A block's amortised cost
+one thread for every contender (``classical_methods.single_threaded_blas``). A block's amortised cost
 is its mean ms per step; we report the median over blocks (robust to load spikes)
 and the overall mean, plus the median of the inverse-refresh steps and of the other
 steps (where the time goes). The last line is
@@ -41,6 +41,7 @@ bounds what any implementation of the same algorithm can reach.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 import warnings
@@ -52,120 +53,82 @@ import optax
 from jax.experimental import disable_x64
 
 from classical.data import batch_indices, load_mnist
-from experiments import kfac_common as kc
+from experiments import classical_methods as cm
 from experiments import kfac_flops as kflops
+from experiments.classical_problems import autoencoder_problem
+from experiments.harness.methods import kfac_shaped_method, optax_method, tree_copy
 
 
-def _optax_stepper(problem, tx):
-    step = kc.optax_step(problem, tx)
+def build(args, problem, batches) -> dict:
+    """The contenders as harness ``Method``s, built by the studies' own builders
+    (``experiments.classical_methods``): optax bare steps, our K-FAC, kfac-jax."""
+    period, k = args.inverse_period, args.stats_period
+    shared = dict(damping=args.damping, inverse_period=period, damping_interval=5, ema=0.95)
+    fixed = dict(lr=args.lr, momentum=args.momentum, adapt_damping=False)
 
-    def make(params):
-        return params, tx.init(params)
+    def ours(adaptive, **kw):
+        return kfac_shaped_method(cm.kfac(problem, **shared, **({} if adaptive else fixed), **kw))
 
-    return make, lambda p, s, b, t: step(p, s, b)
-
-
-def _ours_stepper(problem, adaptive, period, lr, momentum, damping, curvature_batch_size=None, stats_period=1):
-    from classical.kfac import KFAC
-
-    kw = {} if adaptive else {"learning_rate": lr, "momentum": momentum, "adapt_damping": False}
-    kw["stats_period"] = stats_period
-    if curvature_batch_size:
-        kw["curvature_batch_size"] = curvature_batch_size
-    opt = KFAC(problem.net, damping=damping, l2_reg=problem.l2, inverse_period=period, damping_interval=5,
-               ema_decay=0.95, min_damping=1e-5, max_damping=1000.0, donate_state=True, **kw)
-
-    def step(p, s, b, t):
-        p, s, info = opt.step(p, s, b)
-        return p, s, info["objective"]
-
-    return (lambda params: (params, opt.init(params))), step
-
-
-def _kfac_jax_stepper(problem, adaptive, period, lr, momentum, damping, stats_period=1):
-    import kfac_jax
-
-    net = problem.net
-    opt = kfac_jax.Optimizer(
-        value_and_grad_func=jax.value_and_grad(lambda p, b: kc.kfac_jax_loss(problem, p, b)),
-        l2_reg=problem.l2, use_adaptive_learning_rate=adaptive, use_adaptive_momentum=adaptive,
-        use_adaptive_damping=adaptive, initial_damping=damping, min_damping=1e-5, max_damping=1000.0,
-        damping_adaptation_interval=5, damping_adaptation_decay=0.95, inverse_update_period=period,
-        num_burnin_steps=0, curvature_ema=0.95, curvature_update_period=stats_period, multi_device=False)
-    fixed = {} if adaptive else {"learning_rate": jnp.float32(lr), "momentum": jnp.float32(momentum),
-                                 "damping": jnp.float32(damping)}
-    key = jax.random.PRNGKey(0)
-    first = {}
-
-    def make(params):
-        split = kc.split_params(net, params)
-        return split, opt.init(split, key, first["batch"])
-
-    def step(p, s, b, t):
-        p, s, stats = opt.step(p, s, jax.random.fold_in(key, t), batch=b, global_step_int=t, **fixed)
-        return p, s, stats["loss"]
-
-    return make, step, first
-
-
-def build(args, problem, batches):
-    lr, mom, damp, period, k = args.lr, args.momentum, args.damping, args.inverse_period, args.stats_period
     out = {
-        "sgd": _optax_stepper(problem, optax.sgd(args.sgd_lr, momentum=0.9)),
-        "adam": _optax_stepper(problem, optax.adam(1e-3)),
-        "kfac-fixed": _ours_stepper(problem, False, period, lr, mom, damp, stats_period=k),
-        "kfac-adaptive": _ours_stepper(problem, True, period, lr, mom, damp, stats_period=k),
+        "sgd": optax_method(problem.loss, optax.sgd(args.sgd_lr, momentum=0.9), check_finite=False),
+        "adam": optax_method(problem.loss, optax.adam(1e-3), check_finite=False),
+        "kfac-fixed": ours(False, stats_period=k),
+        "kfac-adaptive": ours(True, stats_period=k),
     }
     if args.curvature_batch_size:  # ours only: kfac-jax has no curvature sub-batch (not an equal setting)
-        m, ks = args.curvature_batch_size, args.sub_stats_period
-        out["kfac-fixed-sub"] = _ours_stepper(problem, False, period, lr, mom, damp, m, ks)
-        out["kfac-adaptive-sub"] = _ours_stepper(problem, True, period, lr, mom, damp, m, ks)
-    if kc.kfac_jax_available() and not args.no_kfac_jax:
+        sub = dict(curvature_batch_size=args.curvature_batch_size, stats_period=args.sub_stats_period)
+        out["kfac-fixed-sub"], out["kfac-adaptive-sub"] = ours(False, **sub), ours(True, **sub)
+    if importlib.util.find_spec("kfac_jax") is not None and not args.no_kfac_jax:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
-            make, step, first = _kfac_jax_stepper(problem, adaptive, period, lr, mom, damp, k)
-            first["batch"] = batches[0]
-            out[name] = (make, step)
+            out[name] = cm.kfac_jax(problem, args.damping, adaptive, args.lr, args.momentum, damping_interval=5,
+                                    inverse_period=period, burnin=0, ema=0.95, stats_period=k)
     return out
 
 
 def run(args):
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    problem = kc.autoencoder_problem()
+    problem = autoencoder_problem()
     mnist = load_mnist()
     n_batches = 8
     batches = [tuple(jnp.asarray(mnist.x_train[batch_indices(60000, args.batch_size, 0, k)]) for _ in range(2))
                for k in range(n_batches)]
     params0 = problem.net.init(jax.random.PRNGKey(0))
+    key = jax.random.PRNGKey(0)
     contenders = build(args, problem, batches)
     names = list(contenders)
+
+    def fresh(method):
+        return [method.init(tree_copy(params0), key, lambda t: batches[t % n_batches]), 0]
+
+    def step(method, state, t):
+        state, info = method.step(state, batches[t % n_batches], jax.random.fold_in(key, t), t)
+        return state, info["loss"]
+
     state = {}
     print(f"warming up (compiling) {len(names)} contenders at batch {args.batch_size} ...", flush=True)
     for name in names:
-        make, step = contenders[name]
         start = time.perf_counter()
-        p, s = make(params0)
+        s, _ = fresh(contenders[name])
         for t in range(args.block + 2):  # every branch: inverse refresh, damping adaptation, plain
-            p, s, loss = step(p, s, batches[t % n_batches], t)
-        jax.block_until_ready(p)
+            s, loss = step(contenders[name], s, t)
+        jax.block_until_ready(s)
         print(f"  {name:18s} warm-up {time.perf_counter() - start:6.1f} s, loss {float(loss):.2f}", flush=True)
-        state[name] = [*make(params0), 0]  # restart at step 0 (compiled code is cached)
+        state[name] = fresh(contenders[name])  # restart at step 0 (compiled code is cached)
     times = {n: [] for n in names}
     for rep in range(args.reps):
         order = names[rep % len(names):] + names[: rep % len(names)]
         for name in order:
-            _, step = contenders[name]
-            p, s, t = state[name]
+            s, t = state[name]
             block = []
             for _ in range(args.block):
-                b = batches[t % n_batches]
                 start = time.perf_counter()
-                p, s, loss = step(p, s, b, t)
-                jax.block_until_ready((p, loss))
+                s, loss = step(contenders[name], s, t)
+                jax.block_until_ready((s, loss))
                 block.append(time.perf_counter() - start)
                 t += 1
             if not np.isfinite(float(loss)):
                 print(f"  warning: {name} loss is non-finite at step {t}")
-            state[name] = [p, s, t]
+            state[name] = [s, t]
             times[name].append(block)
         print(f"  repetition {rep + 1}/{args.reps} done", flush=True)
     return times, state
@@ -230,7 +193,7 @@ def _contender_cost(name, args, shapes):
 def flop_floors(args, rows) -> dict:
     """Multiply–adds per step (``experiments.kfac_flops``) and the step time they imply at SGD's
     measured throughput: the floor for any implementation of the same algorithm."""
-    shapes = [(d_in - 1, d_out) for d_in, d_out in kc.autoencoder_problem().net.layer_shapes.values()]
+    shapes = [(d_in - 1, d_out) for d_in, d_out in autoencoder_problem().net.layer_shapes.values()]
     sgd_macs = kflops.step_cost("sgd", shapes, args.batch_size).total
     sgd_ms = rows["sgd"]["median_ms"]
     out = {"sgd_gflops": 2 * sgd_macs / sgd_ms / 1e6}
@@ -303,11 +266,11 @@ def main(argv=None):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_size > 60000:
         raise ValueError("--batch-size must be <= 60000 (MNIST's training set)")
-    with disable_x64(), kc.single_threaded_blas():
+    with disable_x64(), cm.single_threaded_blas():
         times, _ = run(args)
     out = report(times, args)
     if args.json:
-        from experiments.io import atomic_write_json
+        from experiments.harness.store import atomic_write_json
 
         atomic_write_json(args.json, {"args": vars(args), **out, "times_ms": {k: 1e3 * np.asarray(v) for k, v in times.items()}})
     return 0

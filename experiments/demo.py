@@ -1,7 +1,7 @@
 """Short demo of both worlds (what ``make run`` runs): a few minutes on 2 cores.
 
 * quantum — Gibbs sampling (VQT) of the 4-spin TFIM ring at β = 1 with QPMD, QPNGD,
-  Adam, GD and Fubini–Study QNG (``experiments.gibbs.run_quick``);
+  Adam, GD and Fubini–Study QNG (``experiments.gibbs``' default config);
 * classical — the MNIST deep autoencoder (784-1000-500-250-30-…-784) for a few dozen
   steps with K-FAC, FOOF and Adam on a 5,000-image subset (``experiments.kfac_autoencoder``).
 
@@ -12,14 +12,13 @@ Both parts resume from their checkpoints; ``--fresh`` starts over.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 
-from experiments.io import atomic_write_text, results_dir
+from experiments.harness.cli import quick
+from experiments.harness.store import atomic_write_text, results_dir
 
-KFAC_FLAGS = ["--methods", "kfac,foof,adam", "--steps", "60", "--train-size", "5000", "--batch-size", "250",
-              "--eval-every", "10"]
+KFAC = dict(methods=["kfac", "foof", "adam"], steps=60, train_size=5000, batch_size=250, eval_every=10)
 
 
 def main(argv=None) -> int:
@@ -32,27 +31,26 @@ def main(argv=None) -> int:
         shutil.rmtree(root)
         root = results_dir("demo")
 
-    from experiments import gibbs, kfac_autoencoder, kfac_common
+    from experiments import gibbs, kfac_autoencoder
 
     t0 = time.perf_counter()
     print("== quantum: VQT Gibbs sampling of the n = 4 TFIM ring (β = 1) ==")
-    quantum = gibbs.run_quick(results_dir("demo", "gibbs"), progress=not args.no_progress)
+    quantum = quick(gibbs.STUDY, results_dir("demo", "gibbs"), progress=not args.no_progress)
     print(quantum["table"])
     t1 = time.perf_counter()
 
     print("\n== classical: MNIST deep autoencoder, K-FAC vs FOOF vs Adam ==")
     kfac_dir = results_dir("demo", "kfac")
-    flags = KFAC_FLAGS + ["--out", str(kfac_dir)] + (["--no-progress"] if args.no_progress else [])
-    kfac_autoencoder.main(flags)
-    classical = json.loads((kfac_dir / "results.json").read_text())
+    classical = quick(kfac_autoencoder.STUDY, kfac_dir, progress=not args.no_progress, **KFAC)
+    print(classical["table"])
     t2 = time.perf_counter()
 
     plots = [p["plot"] for p in quantum["problems"]] + [str(kfac_dir / "curves.png")]
+    settings = ", ".join(f"{k}={v}" for k, v in KFAC.items())
     text = "\n".join([
         "# qgeom demo", "",
         f"## Quantum: VQT on the TFIM ring ({t1 - t0:.0f} s)", "", quantum["table"], "",
-        f"## Classical: MNIST deep autoencoder ({t2 - t1:.0f} s, flags: {' '.join(KFAC_FLAGS)})", "",
-        kfac_common.markdown_table(classical["summary"], "test_error"), "",
+        f"## Classical: MNIST deep autoencoder ({t2 - t1:.0f} s, {settings})", "", classical["table"], "",
         "## Plots", "", *[f"- {p}" for p in plots], "",
     ])
     atomic_write_text(root / "summary.md", text)

@@ -26,27 +26,37 @@ from pathlib import Path
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from experiments import quantum_cli
-from experiments import quantum_common as qc
-from experiments.io import Checkpoint
+from experiments import quantum_study as qs
+from experiments.harness import Cells, Checkpoint
+from experiments.harness.analysis import floor_estimate
+from experiments.harness.cli import Study
+from experiments.harness.cli import main as cli_main
+from experiments.quantum_methods import QUANTUM
+from experiments.quantum_problems import (
+    Problem,
+    fidelity_fn,
+    make_model,
+    n_params,
+    ring,
+)
 
-DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(qc.GRIDS),
+DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(QUANTUM),
                ansatz="cx3", grid="short", max_cpu=None)
 FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=20000, search_steps=300,
-            methods=list(qc.GRIDS), ansatz="cx3", grid="full", max_cpu=60.0)
+            methods=list(QUANTUM), ansatz="cx3", grid="full", max_cpu=60.0)
 
 
 @functools.cache
-def problem(n: int, beta: float, ansatz: str = "cx3", J: float = 1.0, h: float = 1.0) -> qc.Problem:
+def problem(n: int, beta: float, ansatz: str = "cx3", J: float = 1.0, h: float = 1.0) -> Problem:
     """The VQT problem for the TFIM ring (cached, so its jitted steps are reused)."""
     from qgeom.quantum import gibbs_state, log_partition, vqt_loss
 
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     H, model = _family(n, ansatz, J, h)
-    fid = qc.fidelity_fn(model, gibbs_state(H, beta))
+    fid = fidelity_fn(model, gibbs_state(H, beta))
     family = f"vqt/tfim-ring/n={n}/J={J:g}/h={h:g}/{ansatz}"
-    return qc.Problem(key=f"{family}/beta={beta:g}", family=family, model=model,
+    return Problem(key=f"{family}/beta={beta:g}", family=family, model=model,
                       loss_fn=lambda params, b: vqt_loss(model, H, b)(params), data=jnp.asarray(float(beta)),
                       offset=float(log_partition(H, beta)), evaluate=lambda p: {"fidelity": fid(p)})
 
@@ -56,49 +66,45 @@ def _family(n, ansatz, J, h):
     """Hamiltonian matrix and model shared by every β (one compile for all of them)."""
     from qgeom.quantum import hamiltonian_matrix, tfim
 
-    return hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), qc.make_model(n, ansatz)
+    return hamiltonian_matrix(tfim(ring(n), J=J, h=h)), make_model(n, ansatz)
 
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    methods = qc.check_methods(config["methods"])
-    grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
-    cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
+    config = qs.check_config(config)
+    methods = config["methods"]
+    short = config["grid"] != "full"
+    cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
-    total = len(combos) * len(methods) * (len(grids[methods[0]]) + len(config["seeds"]))
-    bar = tqdm(total=total, desc="gibbs", disable=not progress, dynamic_ncols=True)
-    summary = {"study": "gibbs", "config": config, "grids": {m: list(grids[m]) for m in methods}, "problems": []}
+    total = len(combos) * len(methods) * (len(QUANTUM[methods[0]].grid_for(short)) + len(config["seeds"]))
+    bar = tqdm(total=total, desc="gibbs", disable=None if progress else True, dynamic_ncols=True)
+    summary = {"study": "gibbs", "config": config, "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": []}
     tables = []
     for n, beta in combos:
         prob = problem(n, beta, config["ansatz"])
         bar.set_description(f"gibbs n={n} β={beta:g}")
-        search = qc.step_size_search(cells, prob, methods, grids, config["seeds"][0], config["search_steps"],
+        search = qs.step_size_search(cells, prob, methods, short, config["seeds"][0], config["search_steps"],
                                      progress=bar, max_cpu=config["max_cpu"])
         winners = {m: s["winner"] for m, s in search.items()}
-        runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
+        runs = qs.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
                             progress=bar, max_cpu=config["max_cpu"])
-        d_star = qc.floor_estimate(runs)
-        per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
+        d_star = floor_estimate(runs)
+        per_method = {m: qs.method_summary(runs[m], d_star) for m in methods}
         for s in per_method.values():
             s["final_free_energy_gap"] = s["final_D"] / beta
         tag = f"n{n}_beta{beta:g}_{config['ansatz']}"
-        title = f"VQT, TFIM ring n={n}, β={beta:g}, ansatz {config['ansatz']} ({qc.n_params(prob.model)} params)"
-        plot = qc.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star)
-        table = qc.format_table(title, d_star, per_method)
+        title = f"VQT, TFIM ring n={n}, β={beta:g}, ansatz {config['ansatz']} ({n_params(prob.model)} params)"
+        plot = qs.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star)
+        table = qs.format_table(title, d_star, per_method)
         tables.append(table)
         summary["problems"].append({
-            "n": n, "beta": beta, "ansatz": config["ansatz"], "n_params": qc.n_params(prob.model),
+            "n": n, "beta": beta, "ansatz": config["ansatz"], "n_params": n_params(prob.model),
             "log_Z": prob.offset, "D_star": d_star, "search": search, "methods": per_method,
-            "headline": qc.headline(per_method), "plot": str(plot)})
+            "headline": qs.headline(per_method), "plot": str(plot)})
     bar.close()
-    return qc.write_summary(outdir, summary, tables)
-
-
-def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
-    """The short study (n = 4, β = 1, about a minute or two): what ``make run`` calls."""
-    return quantum_cli.quick("gibbs", run_study, DEFAULT, outdir, progress=progress, **overrides)
+    return qs.write_summary(outdir, summary, tables)
 
 
 _CLOCKS = {"wall_s": "wall time", "cpu_s": "CPU time", "ert_cpu_s": "expected CPU time with restarts"}
@@ -126,9 +132,16 @@ def _flags(parser) -> None:
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
 
 
+def _all_flags(parser) -> None:
+    qs.flags(parser)
+    _flags(parser)
+
+
+STUDY = Study("gibbs", __doc__, run_study, DEFAULT, FULL, _all_flags, _report)
+
+
 def main(argv=None) -> int:
-    return quantum_cli.main(argv, name="gibbs", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
-                            add_flags=_flags, report=_report)
+    return cli_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ cross-entropy summed over pixels, ℓ2 1e-5 (Martens & Grosse 2015 §13). Method
   (adaptive lr/momentum/damping, curvature EMA 0.95, inverse period 5, damping
   interval 5, initial damping tuned around its 150), only when kfac-jax is installed.
 
-Every method gets the same tuning budget: the four grid points in ``GRIDS`` (initial
+Every method gets the same tuning budget: the four grid points of its ``METHODS`` entry (initial
 damping for the adaptive K-FACs, learning rate for the others), run on seed 0 for
 ``--tune-steps`` steps and ranked by final training loss (never test data). Adam runs
 first; its best seed-mean training loss within ``--steps`` steps is the target, and the
@@ -33,43 +33,54 @@ from __future__ import annotations
 
 import warnings
 
-from experiments import kfac_common as kc
-from experiments.io import results_dir
-
-GRIDS = {
-    "kfac": [{"damping": d} for d in (1.5, 15.0, 150.0, 1000.0)],
-    "kfac-sub": [{"damping": d} for d in (1.5, 15.0, 150.0, 1000.0)],
-    "foof": [{"lr": lr, "damping": 1.0} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
-    "sgd": [{"lr": lr} for lr in (3e-4, 1e-3, 3e-3, 1e-2)],
-    "adam": [{"lr": lr} for lr in (1e-4, 3e-4, 1e-3, 3e-3)],
-    "kfac-jax": [{"damping": d} for d in (1.5, 15.0, 150.0, 1000.0)],
-}
-
-DEFAULTS = {"steps": 60, "seeds": 1, "batch_size": 100, "train_size": 5000, "eval_size": 1000, "eval_every": 10,
-            "tune_steps": 0}
-
-FULL = {"train_size": 20000, "eval_size": 1000, "batch_size": 250, "steps": 2000, "seeds": 2, "tune_steps": 200,
-        "eval_every": 25, "stop_at_target": True}
+from experiments import classical_methods as cm
+from experiments import classical_study as cs
+from experiments.classical_problems import autoencoder_problem
+from experiments.harness import MethodSpec, Registry
+from experiments.harness.cli import Study
+from experiments.harness.cli import main as cli_main
 
 
-def main(argv=None):
-    args = kc.parse_study_args(kc.study_parser("qgeom kfac", __doc__, defaults=DEFAULTS, full=FULL), argv)
+def _grid(name, values, **fixed):
+    return tuple({name: v, **fixed} for v in values)
+
+
+DAMPINGS = (1.5, 15.0, 150.0, 1000.0)
+METHODS = Registry(
+    MethodSpec("kfac", "K-FAC", cm.kfac, _grid("damping", DAMPINGS)),
+    MethodSpec("kfac-sub", "K-FAC, curvature on ¼ batch", cm.kfac_sub, _grid("damping", DAMPINGS)),
+    MethodSpec("foof", "FOOF", cm.foof, _grid("lr", (3e-4, 1e-3, 3e-3, 1e-2), damping=1.0)),
+    MethodSpec("sgd", "SGD, Sutskever", cm.sgd, _grid("lr", (3e-4, 1e-3, 3e-3, 1e-2))),
+    MethodSpec("adam", "Adam", cm.adam, _grid("lr", (1e-4, 3e-4, 1e-3, 3e-3))),
+    MethodSpec("kfac-jax", "kfac-jax", cm.kfac_jax, _grid("damping", DAMPINGS), requires="kfac_jax"),
+)
+
+DEFAULT = {"methods": list(METHODS), "steps": 60, "seeds": 1, "batch_size": 100, "train_size": 5000,
+           "eval_size": 1000, "eval_every": 10, "tune_steps": 0, "stop_at_target": False}
+FULL = dict(DEFAULT, train_size=20000, batch_size=250, steps=2000, seeds=2, tune_steps=200, eval_every=25,
+            stop_at_target=True)
+
+
+def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, registry: Registry = METHODS):
+    """The study of ``config`` (keys of ``DEFAULT``) into ``outdir``; returns the results dict."""
+    config = cs.check_config(config, registry)
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    mnist = kc.study_mnist(args)
-    x = mnist.x_train[: args.train_size]
-    ev_tr, ev_te = x[: args.eval_size], mnist.x_test[: args.eval_size]
+    mnist = cs.mnist(config)
+    x = mnist.x_train[: config["train_size"]]
+    ev_tr, ev_te = x[: config["eval_size"]], mnist.x_test[: config["eval_size"]]
     data = {"train": (x, x), "eval_train": (ev_tr, ev_tr), "eval_test": (ev_te, ev_te)}
-    out = kc.study_out(args.out or str(results_dir("kfac_autoencoder")), args.fresh)
-    print(f"MNIST autoencoder: {args.train_size} images, batch {args.batch_size}, {args.steps} steps, "
-          f"{args.seeds} seed(s), methods {args.methods}, tuning {args.tune_steps} steps/grid point")
-    res = kc.run_study(kc.autoencoder_problem(), data, methods=args.methods, grids={m: GRIDS[m] for m in args.methods},
-                       seeds=args.seeds, steps=args.steps, tune_steps=args.tune_steps, batch_size=args.batch_size,
-                       eval_every=args.eval_every, out_dir=out, progress=not args.no_progress,
-                       error_label="test reconstruction error (squared, per image)", target_horizon=args.steps,
-                       stop_at_target=args.stop_at_target, title="MNIST deep autoencoder", settings=vars(args))
-    print()
-    kc.print_study(res, out)
-    return 0
+    print(f"MNIST autoencoder: {config['train_size']} images, batch {config['batch_size']}, {config['steps']} steps, "
+          f"{config['seeds']} seed(s), methods {config['methods']}, tuning {config['tune_steps']} steps/grid point")
+    return cs.run_study(autoencoder_problem(), registry, data, config, outdir, progress=progress, fresh=fresh,
+                        error_label="test reconstruction error (squared, per image)", title="MNIST deep autoencoder")
+
+
+STUDY = Study("kfac", __doc__, run_study, DEFAULT, FULL, cs.flags, cs.report, summary_file="results.json",
+              results="kfac_autoencoder")
+
+
+def main(argv=None) -> int:
+    return cli_main(STUDY, argv)
 
 
 if __name__ == "__main__":

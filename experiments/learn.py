@@ -33,15 +33,27 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from experiments import quantum_cli
-from experiments import quantum_common as qc
-from experiments.io import Checkpoint, atomic_savefig
+from experiments import quantum_study as qs
+from experiments.harness import Cells, Checkpoint
+from experiments.harness.analysis import floor_estimate
+from experiments.harness.cli import Study
+from experiments.harness.cli import main as cli_main
+from experiments.harness.store import atomic_savefig
+from experiments.quantum_methods import QUANTUM
+from experiments.quantum_problems import (
+    Problem,
+    fidelity_fn,
+    jitted_loss,
+    make_model,
+    n_params,
+    ring,
+)
 
 ESTIMATORS = ("physical", "unbiased")
 DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], estimators=["physical"], seeds=[0, 1], steps=150,
-               search_steps=60, methods=list(qc.GRIDS), ansatz="cx3", grid="short", max_cpu=None, data_seed=1234)
+               search_steps=60, methods=list(QUANTUM), ansatz="cx3", grid="short", max_cpu=None, data_seed=1234)
 FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], estimators=list(ESTIMATORS),
-            seeds=[0, 1, 2], steps=1000, search_steps=300, methods=list(qc.GRIDS), ansatz="cx3", grid="full",
+            seeds=[0, 1, 2], steps=1000, search_steps=300, methods=list(QUANTUM), ansatz="cx3", grid="full",
             max_cpu=600.0, data_seed=1234)
 
 
@@ -49,9 +61,9 @@ FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], e
 def _family(n, ansatz, J, h):
     from qgeom.quantum import hamiltonian_matrix, qmhl_loss, tfim
 
-    model = qc.make_model(n, ansatz)
+    model = make_model(n, ansatz)
     # σ enters as the traced argument: one compile serves every β, shot record and estimator.
-    return hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), model, lambda params, s: qmhl_loss(model, s)(params)
+    return hamiltonian_matrix(tfim(ring(n), J=J, h=h)), model, lambda params, s: qmhl_loss(model, s)(params)
 
 
 @functools.cache
@@ -59,14 +71,14 @@ def _shadow_estimates(n, beta, shots, data_seed, J, h):
     """{estimator: σ estimate} from one simulated record of ``shots`` shadow measurements."""
     from qgeom.quantum import gibbs_state, hamiltonian_matrix, measure_shadows, tfim
 
-    sigma = gibbs_state(hamiltonian_matrix(tfim(qc.ring(n), J=J, h=h)), beta)
+    sigma = gibbs_state(hamiltonian_matrix(tfim(ring(n), J=J, h=h)), beta)
     data = measure_shadows(sigma, jax.random.PRNGKey(data_seed), int(shots))
     return {"physical": data.physical_estimate(), "unbiased": data.unbiased_estimate()}
 
 
 @functools.cache
 def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "cx3", data_seed: int = 1234,
-            estimator: str = "physical", J: float = 1.0, h: float = 1.0) -> qc.Problem:
+            estimator: str = "physical", J: float = 1.0, h: float = 1.0) -> Problem:
     """QMHL of σ_β from the exact state (``shots=None``) or from ``shots`` shadow measurements
     turned into a target by ``estimator`` ("physical" or "unbiased")."""
     from qgeom.quantum import entropy, gibbs_state
@@ -80,13 +92,13 @@ def problem(n: int, beta: float, shots: int | None = None, ansatz: str = "cx3", 
     H, model, loss_fn = _family(n, ansatz, J, h)
     sigma = gibbs_state(H, beta)
     neg_entropy = -float(entropy(sigma))
-    fid = qc.fidelity_fn(model, sigma)
+    fid = fidelity_fn(model, sigma)
     family = f"qmhl/tfim-ring/n={n}/J={J:g}/h={h:g}/{ansatz}"
     if shots is None:
-        return qc.Problem(key=f"{family}/beta={beta:g}/exact", family=family, model=model, loss_fn=loss_fn,
+        return Problem(key=f"{family}/beta={beta:g}/exact", family=family, model=model, loss_fn=loss_fn,
                           data=sigma, offset=neg_entropy, evaluate=lambda p: {"fidelity": fid(p)})
-    loss = qc.jitted_loss(qc.Problem("", family, model, loss_fn))
-    return qc.Problem(key=f"{family}/beta={beta:g}/shots={shots}/data_seed={data_seed}/estimator={estimator}",
+    loss = jitted_loss(Problem("", family, model, loss_fn))
+    return Problem(key=f"{family}/beta={beta:g}/shots={shots}/data_seed={data_seed}/estimator={estimator}",
                       family=family, model=model, loss_fn=loss_fn,
                       data=jnp.asarray(_shadow_estimates(n, beta, int(shots), data_seed, J, h)[estimator]),
                       divergence=lambda p: loss(p, sigma) + neg_entropy,
@@ -104,7 +116,7 @@ def format_shots_table(title: str, rows: list[dict], shots: list[int]) -> str:
         lines += [f"{what}:", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         pairs = [(r["method"], r["estimator"]) for r in rows if r["shots"] is not None]
         for method, estimator in dict.fromkeys(pairs or [(r["method"], "exact") for r in rows]):
-            cells = [qc.LABELS.get(method, method), estimator]
+            cells = [QUANTUM.label(method), estimator]
             for s in sources:
                 r = keyed.get((method, "exact" if s is None else estimator, s))
                 cells.append("—" if r is None else f"{r[key]:{spec}}±{r[key + '_std']:{spec}}")
@@ -132,7 +144,7 @@ def plot_vs_shots(rows: list[dict], path, title: str):
                 if pts:
                     ax.errorbar([r["shots"] for r in pts], [r[key] for r in pts], yerr=[r[key + "_std"] for r in pts],
                                 color=color, ls=ls, marker=marker, capsize=3,
-                                label=f"{qc.LABELS.get(method, method)}, {estimator}")
+                                label=f"{QUANTUM.label(method)}, {estimator}")
     axes[0].set(xscale="log", yscale="log", xlabel="shots (classical-shadow measurements)",
                 ylabel=r"final $D(\sigma_\beta\,\|\,\rho)$")
     axes[1].set(xscale="log", xlabel="shots (classical-shadow measurements)", ylabel="final fidelity (squared)")
@@ -149,37 +161,38 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    methods = qc.check_methods(config["methods"])
+    config = qs.check_config(config)
+    methods = config["methods"]
     estimators = list(config["estimators"])
     if not estimators or set(estimators) - set(ESTIMATORS):
         raise ValueError(f"estimators must be a non-empty subset of {list(ESTIMATORS)}, got {estimators}")
     shots_list = [int(s) for s in config["shots"]]
     if any(s < 1 for s in shots_list):
         raise ValueError(f"shots must be positive integers, got {config['shots']}")
-    grids = qc.GRIDS if config["grid"] == "full" else qc.SHORT_GRIDS
+    short = config["grid"] != "full"
     sources = [(None, "exact")] + [(s, e) for s in shots_list for e in estimators]
-    cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
+    cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
     per_problem = len(methods) * len(config["seeds"])
-    total = len(combos) * (sum(len(grids[m]) for m in methods) + len(sources) * per_problem)
-    bar = tqdm(total=total, desc="learn", disable=not progress, dynamic_ncols=True)
-    summary = {"study": "learn", "config": config, "grids": {m: list(grids[m]) for m in methods}, "problems": [],
+    total = len(combos) * (sum(len(QUANTUM[m].grid_for(short)) for m in methods) + len(sources) * per_problem)
+    bar = tqdm(total=total, desc="learn", disable=None if progress else True, dynamic_ncols=True)
+    summary = {"study": "learn", "config": config, "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": [],
                "shots_summary": []}
     tables = []
     for n, beta in combos:
         exact = problem(n, beta, None, config["ansatz"], config["data_seed"])
         bar.set_description(f"learn n={n} β={beta:g}")
-        search = qc.step_size_search(cells, exact, methods, grids, config["seeds"][0], config["search_steps"],
+        search = qs.step_size_search(cells, exact, methods, short, config["seeds"][0], config["search_steps"],
                                      progress=bar, max_cpu=config["max_cpu"])
         winners = {m: s["winner"] for m, s in search.items()}
         shot_rows, problem_tables = [], []
         for shots, estimator in sources:
             prob = problem(n, beta, shots, config["ansatz"], config["data_seed"],
                            "physical" if shots is None else estimator)
-            runs = qc.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
+            runs = qs.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
                                 progress=bar, max_cpu=config["max_cpu"])
-            d_star = qc.floor_estimate(runs)
-            per_method = {m: qc.method_summary(runs[m], d_star) for m in methods}
+            d_star = floor_estimate(runs)
+            per_method = {m: qs.method_summary(runs[m], d_star) for m in methods}
             shot_rows += [{"method": m, "shots": shots, "estimator": estimator, "seeds": len(runs[m]),
                            **{k: per_method[m][k] for k in ("final_D", "final_D_std", "final_fidelity",
                                                             "final_fidelity_std")}}
@@ -187,25 +200,20 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
             source = "exact σ" if shots is None else f"{shots} shadow shots, {estimator} estimate"
             tag = f"n{n}_beta{beta:g}_{'exact' if shots is None else f'shots{shots}_{estimator}'}_{config['ansatz']}"
             title = (f"QMHL, TFIM ring n={n}, β={beta:g}, from {source}, ansatz {config['ansatz']} "
-                     f"({qc.n_params(prob.model)} params)")
-            plot = qc.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star,
+                     f"({n_params(prob.model)} params)")
+            plot = qs.plot_study(runs, outdir / f"curves_{tag}.png", title, d_star=d_star,
                                  ylabel=r"$D(\sigma_\beta\,\|\,\rho)$")
-            problem_tables.append(qc.format_table(title, d_star, per_method))
+            problem_tables.append(qs.format_table(title, d_star, per_method))
             summary["problems"].append({
                 "n": n, "beta": beta, "shots": shots, "estimator": estimator, "ansatz": config["ansatz"],
-                "n_params": qc.n_params(prob.model), "D_star": d_star, "search": search,
+                "n_params": n_params(prob.model), "D_star": d_star, "search": search,
                 "methods": per_method, "plot": str(plot)})
         title = f"QMHL, TFIM ring n={n}, β={beta:g}, ansatz {config['ansatz']}: final D and fidelity vs shots"
         plot = plot_vs_shots(shot_rows, outdir / f"final_vs_shots_n{n}_beta{beta:g}_{config['ansatz']}.png", title)
         tables += [format_shots_table(title, shot_rows, shots_list)] + problem_tables
         summary["shots_summary"].append({"n": n, "beta": beta, "rows": shot_rows, "plot": str(plot)})
     bar.close()
-    return qc.write_summary(outdir, summary, tables)
-
-
-def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
-    """The short study (n = 4, β = 1, exact and 1000 shots)."""
-    return quantum_cli.quick("learn", run_study, DEFAULT, outdir, progress=progress, **overrides)
+    return qs.write_summary(outdir, summary, tables)
 
 
 def _flags(parser):
@@ -221,9 +229,16 @@ def _report(summary: dict) -> list[str]:
             + [f"plot: {p['plot']}" for p in summary["problems"]])
 
 
+def _all_flags(parser) -> None:
+    qs.flags(parser)
+    _flags(parser)
+
+
+STUDY = Study("learn", __doc__, run_study, DEFAULT, FULL, _all_flags, _report)
+
+
 def main(argv=None) -> int:
-    return quantum_cli.main(argv, name="learn", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
-                            add_flags=_flags, report=_report)
+    return cli_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -28,9 +28,17 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from experiments import quantum_cli
-from experiments import quantum_common as qc
-from experiments.io import Checkpoint, atomic_savefig
+from experiments import quantum_study as qs
+from experiments.harness import Cells, Checkpoint, cell_key
+from experiments.harness.analysis import first_below
+from experiments.harness.cli import Study
+from experiments.harness.cli import main as cli_main
+from experiments.harness.store import atomic_savefig
+from experiments.quantum_methods import QUANTUM, optimizer
+from experiments.quantum_problems import (
+    make_model,
+    ring,
+)
 
 # Step sizes: the winners of the gibbs study's step-size search at n = 4, β = 1, ansatz cx3
 # (`qgeom gibbs --n 4 --betas 1 --seeds 0 --steps 100 --search-steps 100 --grid full`).
@@ -52,8 +60,8 @@ def _points(result) -> list[dict]:
 def _setup(n: int, ansatz: str, method: str):
     """Model and optimizer shared by every chain, seed and point of (n, ansatz, method):
     ``qgeom.optimize.sequence`` compiles its step once per (model, optimizer object)."""
-    model = qc.make_model(n, ansatz)
-    return model, qc.optimizer(model, method, STEP_SIZES[method])
+    model = make_model(n, ansatz)
+    return model, optimizer(model, method, STEP_SIZES[method])
 
 
 def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, start: str) -> list[dict]:
@@ -63,12 +71,12 @@ def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, st
 
     lr, steps = STEP_SIZES[method], config["steps"]
     model, opt = _setup(n, config["ansatz"], method)
-    H = tfim(qc.ring(n))
+    H = tfim(ring(n))
     key = jax.random.PRNGKey(seed)
-    common = dict(kind=kind, n=n, ansatz=config["ansatz"], method=method, settings=qc.METHOD_KWARGS[method],
+    common = dict(kind=kind, n=n, ansatz=config["ansatz"], method=method, settings=QUANTUM[method].settings,
                   lr=lr, seed=seed, steps=steps)
     if kind == "imaginary":
-        cell = qc.cell_key(**common, start=start, betas=config["betas"])
+        cell = cell_key(**common, start=start, betas=config["betas"])
         return cells.run(cell, lambda: _points(sequence.imaginary_time(
             model, H, config["betas"], opt, steps, tol=config["tol"], warm=start == "warm", key=key)))
     sigma0 = gibbs_state(hamiltonian_matrix(H), config["real_beta"])
@@ -77,18 +85,13 @@ def run_chain(cells, kind: str, n: int, method: str, seed: int, config: dict, st
         res = sequence.fit_qmhl(model, sigma0, opt, steps, model.init(key))
         return [{"params": jax.tree_util.tree_map(np.asarray, res.params)}]
 
-    first = cells.run(qc.cell_key(**common, start="sigma0", real_beta=config["real_beta"]), fit_sigma0)
-    cell = qc.cell_key(**common, start=start, real_beta=config["real_beta"], dt=config["dt"],
+    first = cells.run(cell_key(**common, start="sigma0", real_beta=config["real_beta"]), fit_sigma0)
+    cell = cell_key(**common, start=start, real_beta=config["real_beta"], dt=config["dt"],
                        trotter_steps=config["trotter_steps"])
     return cells.run(cell, lambda: _points(sequence.real_time(
-        model, tfim(qc.ring(n), J=1.0, h=0.0), tfim(qc.ring(n), J=0.0, h=1.0), config["dt"],
+        model, tfim(ring(n), J=1.0, h=0.0), tfim(ring(n), J=0.0, h=1.0), config["dt"],
         config["trotter_steps"], opt, steps, sigma0, tol=config["tol"], warm=start == "warm", key=key,
         initial=first[0]["params"])))
-
-
-def _steps_to(curve, threshold):
-    hit = np.nonzero(np.nan_to_num(curve, nan=np.inf) <= threshold)[0]
-    return None if hit.size == 0 else int(hit[0])
 
 
 def summarize(chains: list[dict], tol: float, shared_targets: bool = True) -> dict:
@@ -107,7 +110,7 @@ def summarize(chains: list[dict], tol: float, shared_targets: bool = True) -> di
         row = {"point": point, "D_star": d_star}
         for start in ("warm", "cold"):
             threshold = (d_star if shared_targets else floors[start]) + tol
-            steps = [_steps_to(c[start][k]["D"], threshold) for c in chains]
+            steps = [first_below(c[start][k]["D"], threshold) for c in chains]
             ok = [s for s in steps if s is not None]
             row[start] = {
                 "D_star": threshold - tol,
@@ -163,7 +166,7 @@ def plot_sequence(summaries: dict, path, title: str, xlabel: str, budget: int):
                               for r in s["rows"]], dtype=float)
             missed = np.array([r[start]["steps_to_tol"] is None for r in s["rows"]])
             fid = [r[start]["final_fidelity"] for r in s["rows"]]
-            label = f"{qc.LABELS.get(method, method)}, {start} start"
+            label = f"{QUANTUM.label(method)}, {start} start"
             axes[0].plot(x, steps, ls=ls, marker=marker, color=f"C{i}", label=label)
             axes[0].plot(x[missed], steps[missed], ls="none", marker=marker, ms=9, mfc="white", color=f"C{i}")
             axes[1].plot(x, fid, ls=ls, marker=marker, color=f"C{i}", label=label)
@@ -183,7 +186,8 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     """Run (or resume) both sequences for every method and seed; JSON, Markdown and PNGs in ``outdir``."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    methods = qc.check_methods(config["methods"])
+    config = qs.check_config(config)
+    methods = config["methods"]
     kinds = list(config["kinds"])
     if set(kinds) - {"imaginary", "real"} or not kinds:
         raise ValueError(f"kinds must be a subset of ['imaginary', 'real'], got {kinds}")
@@ -192,9 +196,9 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     unknown = [m for m in methods if m not in STEP_SIZES]
     if unknown:
         raise ValueError(f"no step size for {unknown}")
-    cells = qc.Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
+    cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     total = len(config["n"]) * len(methods) * len(config["seeds"]) * 2 * len(kinds)
-    bar = tqdm(total=total, desc="sequence", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, desc="sequence", disable=None if progress else True, dynamic_ncols=True)
     result = {"study": "sequence", "config": config, "step_sizes": {m: STEP_SIZES[m] for m in methods},
               "sequences": []}
     tables = []
@@ -211,7 +215,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                         bar.update()
                     chains.append(chain)
                 per_method[method] = summarize(chains, config["tol"], shared_targets=kind == "imaginary")
-                title = (f"{kind}-time sequence, n={n}, {qc.LABELS.get(method, method)} "
+                title = (f"{kind}-time sequence, n={n}, {QUANTUM.label(method)} "
                          f"(lr={STEP_SIZES[method]:g}, {config['steps']} steps per point)")
                 tables.append(format_table(title, per_method[method], config["tol"]))
             xlabel = "β" if kind == "imaginary" else f"time kΔt (Δt = {config['dt']:g})"
@@ -220,12 +224,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
                                  config["steps"])
             result["sequences"].append({"kind": kind, "n": n, "methods": per_method, "plot": str(plot)})
     bar.close()
-    return qc.write_summary(outdir, result, tables)
-
-
-def run_quick(outdir=None, *, progress: bool = True, **overrides) -> dict:
-    """The short study (n = 4, Adam and QPNGD, one seed)."""
-    return quantum_cli.quick("sequence", run_study, DEFAULT, outdir, progress=progress, **overrides)
+    return qs.write_summary(outdir, result, tables)
 
 
 def _flags(parser):
@@ -235,9 +234,16 @@ def _flags(parser):
     parser.add_argument("--tol", type=float, help="tolerance above the per-point floor D*_k")
 
 
+def _all_flags(parser) -> None:
+    qs.flags(parser)
+    _flags(parser)
+
+
+STUDY = Study("sequence", __doc__, run_study, DEFAULT, FULL, _all_flags, lambda result: [f"plot: {s['plot']}" for s in result["sequences"]])
+
+
 def main(argv=None) -> int:
-    return quantum_cli.main(argv, name="sequence", doc=__doc__, run_study=run_study, default=DEFAULT, full=FULL,
-                            add_flags=_flags, report=lambda result: [f"plot: {s['plot']}" for s in result["sequences"]])
+    return cli_main(STUDY, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 A study is a ``Study``: its name, docstring (the first paragraph is the help text), a
 ``run(config, outdir, *, fresh, progress) → summary`` function, its ``default`` (quick) and
 ``full`` configs, ``flags`` (a function adding the study's own flags to the parser, each
-destination named as its config key, default None) and ``report(summary) → lines``.
+destination named as its config key, default None), ``report(summary) → lines``, the
+``summary_file`` it writes and its folder under ``results/``. The summary has a ``"table"``.
 ``main(study, argv)`` resolves the config — defaults, then ``--full``, then a ``--config``
 JSON file, then the flags given — and runs it; ``quick(study, outdir, **overrides)`` runs the
 default config from Python (what ``qgeom demo`` does).
@@ -29,6 +30,12 @@ class Study:
     full: dict
     flags: Callable[[argparse.ArgumentParser], None] | None = None
     report: Callable[[dict], list[str]] | None = None
+    summary_file: str = "summary.json"
+    results: str | None = None  # the output folder under results/ (default: the name)
+
+    @property
+    def outdir(self) -> Path:
+        return results_dir(self.results or self.name)
 
 
 def methods_type(text: str) -> list[str]:
@@ -44,7 +51,7 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help=f"the full study ({full})")
     p.add_argument("--config", help="JSON file of settings (keys as the flags, with underscores)")
     p.add_argument("--methods", type=methods_type, nargs="+", help="methods to run (space- or comma-separated)")
-    p.add_argument("--out", help=f"output directory (default results/{study.name})")
+    p.add_argument("--out", help=f"output directory (default results/{study.results or study.name})")
     p.add_argument("--fresh", action="store_true", help="ignore and clear the checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
     if study.flags is not None:
@@ -72,8 +79,7 @@ def resolve(args: argparse.Namespace, default: dict, full: dict) -> dict:
 def quick(study: Study, outdir=None, *, progress: bool = True, fresh: bool = False, **overrides) -> dict:
     """``study.run({**default, **overrides}, outdir or results/<name>)`` with the compile cache on."""
     enable_compile_cache()
-    return study.run({**study.default, **overrides}, Path(outdir or results_dir(study.name)), fresh=fresh,
-                     progress=progress)
+    return study.run({**study.default, **overrides}, Path(outdir or study.outdir), fresh=fresh, progress=progress)
 
 
 def main(study: Study, argv=None) -> int:
@@ -81,10 +87,11 @@ def main(study: Study, argv=None) -> int:
     args = parser(study).parse_args(argv)
     config = resolve(args, study.default, study.full)
     enable_compile_cache()
-    outdir = Path(args.out or results_dir(study.name))
+    outdir = Path(args.out or study.outdir)
     summary = study.run(config, outdir, fresh=args.fresh, progress=not args.no_progress)
     print(summary["table"])
     for line in study.report(summary) if study.report is not None else ():
         print(line)
-    print(f"summary: {outdir / 'summary.json'}")
+    if (outdir / study.summary_file).exists():
+        print(f"summary: {outdir / study.summary_file}")
     return 0

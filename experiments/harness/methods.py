@@ -139,20 +139,29 @@ class Registry:
 # ----------------------------------------------------------------------------- adapters
 
 
-def optax_method(loss: Callable, tx, *, warmup_steps: int = 2) -> Method:
+def optax_method(loss: Callable, tx, *, warmup_steps: int = 2, check_finite: bool = True) -> Method:
     """A ``Method`` for an optax transformation: state ``(params, opt_state)``; the step is
     ``qgeom.optimize.make_step(loss, tx)`` (``loss(params, batch)``; value passed to
-    ``update`` as an extra argument; ``ok`` checks the loss, gradient and update)."""
+    ``update`` as an extra argument; ``ok`` checks the loss, gradient and update).
+    ``check_finite=False``: the bare step (value, gradient, update; the loop then checks
+    the loss only), e.g. to time optax alone in a benchmark."""
     from qgeom.optimize import make_step
 
     if not isinstance(tx, optax.GradientTransformationExtraArgs):
         tx = optax.with_extra_args_support(tx)
-    jitted = make_step(loss, tx)
-    extra = 1 + int(getattr(tx.update, "extra_grad_evals", 0))
+    evals = 1 + int(getattr(tx.update, "extra_grad_evals", 0))
+    if check_finite:
+        jitted = make_step(loss, tx)
+    else:
+        @jax.jit
+        def jitted(params, opt_state, batch):
+            value, grads = jax.value_and_grad(loss)(params, batch)
+            updates, opt_state = tx.update(grads, opt_state, params, value=value)
+            return optax.apply_updates(params, updates), opt_state, value, True
 
     def step(state, batch, key, t):
         new, opt_state, value, ok = jitted(*state, batch)
-        return (new, opt_state), {"loss": value, "ok": ok, "grad_evals": extra}
+        return (new, opt_state), {"loss": value, "ok": ok, "grad_evals": evals}
 
     return Method(lambda params, key, batch_at: (params, tx.init(params)), step, warmup_steps=warmup_steps)
 
