@@ -17,6 +17,7 @@ import functools
 
 from classical.blocks.ekfac import EKFACBlock
 from classical.blocks.randomized import RandomizedKroneckerBlock
+from classical.blocks.tridiagonal import TridiagonalKronecker
 from classical.kfac import KFAC
 
 
@@ -44,3 +45,10 @@ def rs_kfac(model, *, rank=220, oversample=10, power_iters=3, relative_damping=F
     return KFAC(model, blocks=functools.partial(RandomizedKroneckerBlock, rank=rank, oversample=oversample,
                                                 power_iters=power_iters, relative_damping=relative_damping,
                                                 seed=seed), **settings)
+
+
+def kfac_tridiag(model, **settings) -> KFAC:
+    """Block-tridiagonal K-FAC: F̂⁻¹ = Ξᵀ Λ Ξ of the layer-chain Gaussian graphical model, with
+    cross-layer statistics E[ā_{i−1} ā_iᵀ], E[g_i g_{i+1}ᵀ] (dense layers only)."""
+    _no_blocks(settings, "kfac_tridiag")
+    return KFAC(model, blocks=TridiagonalKronecker(dict(model.layer_shapes)), **settings)

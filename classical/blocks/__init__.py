@@ -4,6 +4,7 @@
 * ``kronecker``: ``KroneckerBlock`` (K-FAC's A ⊗ G); ``input_only``: ``InputOnlyBlock`` (FOOF);
 * ``ekfac``: ``EKFACBlock`` (K-FAC's eigenbasis, per-example re-fitted diagonal);
 * ``randomized``: ``RandomizedKroneckerBlock`` (RS-KFAC: rank-r randomized factor eigendecompositions);
+* ``tridiagonal``: ``TridiagonalKronecker`` (block-tridiagonal K-FAC, a curvature over all layers).
 """
 
 from classical.blocks.base import CurvatureBlock, LayerBatch, Layerwise, input_factor, output_factor
@@ -11,6 +12,8 @@ from classical.blocks.ekfac import EKFACBlock
 from classical.blocks.input_only import InputOnlyBlock
 from classical.blocks.kronecker import KroneckerBlock
 from classical.blocks.randomized import RandomizedKroneckerBlock
+from classical.blocks.tridiagonal import GaussianChainMetric, TridiagonalKronecker
 
 __all__ = ["CurvatureBlock", "LayerBatch", "Layerwise", "input_factor", "output_factor", "KroneckerBlock",
-           "InputOnlyBlock", "EKFACBlock", "RandomizedKroneckerBlock"]
+           "InputOnlyBlock", "EKFACBlock", "RandomizedKroneckerBlock",
+           "TridiagonalKronecker", "GaussianChainMetric"]
