@@ -63,6 +63,9 @@ def _from_sketch(omega, y):
     return u, jnp.maximum(sig**2 - nu - extra, 0.0)
 
 
+_from_sketch_jit = jax.jit(_from_sketch)
+
+
 def nystrom_sketch(mv, dim, rank, key, dtype=None):
     """Rank-``rank`` randomized Nyström approximation (U, Λ) of a PSD operator from ``rank`` mat-vecs."""
     dtype = jnp.result_type(float) if dtype is None else dtype
@@ -93,7 +96,7 @@ def nystrom_preconditioner(mv, dim, mu, rank, key, dtype=None, *, adaptive=False
         block, _ = jnp.linalg.qr(block - omega @ (omega.T @ block))
         omega = jnp.concatenate([omega, block], axis=1)
         y = jnp.concatenate([y, _columns(mv, block).astype(dtype)], axis=1)
-        u, lam = _from_sketch(omega, y)
+        u, lam = _from_sketch_jit(omega, y)
         ell = omega.shape[1]
         if float(lam[-1]) <= rank_tol * float(mu) or ell >= max_rank:
             return NystromPreconditioner(u, lam, jnp.asarray(mu, dtype))
