@@ -21,7 +21,6 @@ D* + 0.01 and, at β = 1, the ratio of each method's wall time to Adam's.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax.numpy as jnp
 from tqdm.auto import tqdm
@@ -30,7 +29,6 @@ from experiments import quantum_study as qs
 from experiments.harness import Cells, Checkpoint
 from experiments.harness.analysis import floor_estimate
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 from experiments.quantum_methods import QUANTUM
 from experiments.quantum_problems import (
     Problem,
@@ -71,9 +69,7 @@ def _family(n, ansatz, J, h):
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    config = qs.check_config(config)
+    config, outdir = qs.prepare(config, outdir)
     methods = config["methods"]
     short = config["grid"] != "full"
     cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
@@ -132,16 +128,8 @@ def _flags(parser) -> None:
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
 
 
-def _all_flags(parser) -> None:
-    qs.flags(parser)
-    _flags(parser)
-
-
-STUDY = Study("gibbs", __doc__, run_study, DEFAULT, FULL, _all_flags, _report)
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+STUDY = Study("gibbs", __doc__, run_study, DEFAULT, FULL, (qs.flags, _flags), _report)
+main = STUDY.main
 
 
 if __name__ == "__main__":

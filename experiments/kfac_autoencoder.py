@@ -38,7 +38,6 @@ from experiments import classical_study as cs
 from experiments.classical_problems import autoencoder_problem
 from experiments.harness import MethodSpec, Registry
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 
 
 def _grid(name, values, **fixed):
@@ -77,10 +76,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
 
 STUDY = Study("kfac", __doc__, run_study, DEFAULT, FULL, cs.flags, cs.report, summary_file="results.json",
               results="kfac_autoencoder")
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from experiments import classical_study as cs
 from experiments.classical_problems import conv_classifier_problem, mlp_classifier_problem
 from experiments.harness import MethodSpec, Registry
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 
 PROBLEMS = {"mlp": mlp_classifier_problem, "conv": conv_classifier_problem}
 
@@ -83,10 +82,7 @@ def _report(summary) -> list[str]:
 
 
 STUDY = Study("kfac-classifier", __doc__, run_study, DEFAULT, FULL, _flags, _report, results="kfac_classifier")
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ final D and fidelity versus shots (``final_vs_shots_*.png``).
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,6 @@ from experiments import quantum_study as qs
 from experiments.harness import Cells, Checkpoint
 from experiments.harness.analysis import floor_estimate
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 from experiments.harness.store import atomic_savefig
 from experiments.quantum_methods import QUANTUM
 from experiments.quantum_problems import (
@@ -159,9 +157,7 @@ def plot_vs_shots(rows: list[dict], path, title: str):
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
     """Run (or resume) the study described by ``config``; write JSON, Markdown and PNGs in ``outdir``."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    config = qs.check_config(config)
+    config, outdir = qs.prepare(config, outdir)
     methods = config["methods"]
     estimators = list(config["estimators"])
     if not estimators or set(estimators) - set(ESTIMATORS):
@@ -229,16 +225,8 @@ def _report(summary: dict) -> list[str]:
             + [f"plot: {p['plot']}" for p in summary["problems"]])
 
 
-def _all_flags(parser) -> None:
-    qs.flags(parser)
-    _flags(parser)
-
-
-STUDY = Study("learn", __doc__, run_study, DEFAULT, FULL, _all_flags, _report)
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+STUDY = Study("learn", __doc__, run_study, DEFAULT, FULL, (qs.flags, _flags), _report)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ time-to-threshold summaries against the ansatz's floor D*, tables and curve plot
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from experiments.harness import Cells, cell_key
@@ -201,6 +203,13 @@ def flags(parser) -> None:
     parser.add_argument("--ansatz", help="QHBM ansatz: cxL (order-2 parity + L RY/RZ + CNOT-ladder layers; default "
                         "cx3), heL (RX/RZ + CZ layers), cxLfull/heLfull (full-order parity), qaoaL")
     parser.add_argument("--max-cpu", type=float, help="cap on each run's optimizer CPU seconds")
+
+
+def prepare(config: dict, outdir) -> tuple[dict, Path]:
+    """The validated config (``check_config``) and the output folder, created."""
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    return check_config(config), outdir
 
 
 def check_config(config: dict) -> dict:

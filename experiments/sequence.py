@@ -22,7 +22,6 @@ reach it and the final fidelity (squared) at every point. One resumable cell per
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -32,7 +31,6 @@ from experiments import quantum_study as qs
 from experiments.harness import Cells, Checkpoint, cell_key
 from experiments.harness.analysis import first_below
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 from experiments.harness.store import atomic_savefig
 from experiments.quantum_methods import QUANTUM, optimizer
 from experiments.quantum_problems import (
@@ -184,9 +182,7 @@ def plot_sequence(summaries: dict, path, title: str, xlabel: str, budget: int):
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
     """Run (or resume) both sequences for every method and seed; JSON, Markdown and PNGs in ``outdir``."""
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    config = qs.check_config(config)
+    config, outdir = qs.prepare(config, outdir)
     methods = config["methods"]
     kinds = list(config["kinds"])
     if set(kinds) - {"imaginary", "real"} or not kinds:
@@ -234,16 +230,12 @@ def _flags(parser):
     parser.add_argument("--tol", type=float, help="tolerance above the per-point floor D*_k")
 
 
-def _all_flags(parser) -> None:
-    qs.flags(parser)
-    _flags(parser)
+def _report(result: dict) -> list[str]:
+    return [f"plot: {s['plot']}" for s in result["sequences"]]
 
 
-STUDY = Study("sequence", __doc__, run_study, DEFAULT, FULL, _all_flags, lambda result: [f"plot: {s['plot']}" for s in result["sequences"]])
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+STUDY = Study("sequence", __doc__, run_study, DEFAULT, FULL, (qs.flags, _flags), _report)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""K-FAC study harness: plotting bands, kfac-jax reparametrisation, summaries, resume, smoke run."""
+"""The classical studies on the harness: plotting bands, kfac-jax reparametrisation, summaries,
+resume, smoke run."""
 
 import argparse
 import json
@@ -10,8 +11,11 @@ import pytest
 
 from classical import models
 from classical.data import load_digits
-from experiments import kfac_common as kc
-from experiments import plotting
+from experiments import classical_methods as cm
+from experiments import classical_problems as cp
+from experiments import classical_study as cs
+from experiments.harness import MethodSpec, Registry
+from experiments.harness import report as plotting
 
 # ------------------------------------------------------------------------ plotting
 
@@ -52,20 +56,20 @@ def test_save_panels_writes_png(tmp_path):
 # ------------------------------------------------------------ harness components
 
 
-@pytest.mark.parametrize("problem", [kc.mlp_classifier_problem((12,)), kc.conv_classifier_problem()], ids=["mlp", "conv"])
+@pytest.mark.parametrize("problem", [cp.mlp_classifier_problem((12,)), cp.conv_classifier_problem()], ids=["mlp", "conv"])
 def test_split_params_is_the_same_function(problem):
     """kfac-jax's reparametrisation (plain dot / conv + bias) computes exactly net.apply."""
     net = problem.net
     params = net.init(jax.random.PRNGKey(0))
     params = {k: v.at[-1].set(0.1 * jnp.arange(v.shape[1], dtype=v.dtype)) for k, v in params.items()}
     x = jax.random.uniform(jax.random.PRNGKey(1), (3, *net.input_shape), jnp.float32)
-    split = kc.split_params(net, params)
-    ours = jax.jit(lambda s, x: kc.split_apply(net, s, x))(split, x)
+    split = cp.split_params(net, params)
+    ours = jax.jit(lambda s, x: cp.split_apply(net, s, x))(split, x)
     np.testing.assert_allclose(ours, jax.jit(net.apply)(params, x), rtol=2e-5, atol=2e-5)
-    back = kc.join_params(net, split)
+    back = cp.join_params(net, split)
     for k in params:
         np.testing.assert_array_equal(back[k], params[k])
-    assert np.isclose(kc.l2_penalty(split), kc.l2_penalty(params))
+    assert np.isclose(cp.l2_penalty(split), cp.l2_penalty(params))
 
 
 def _hist(steps, walls, losses, diverged=False):
@@ -77,7 +81,7 @@ def test_summary_reach_target():
     adam = [_hist([0, 10, 20], [0, 1, 2], [9.0, 5.0, 4.0]), _hist([0, 10, 20], [0, 1.2, 2.2], [9.0, 5.0, 6.0])]
     kfac = [_hist([0, 10, 20], [0, 3, 6], [9.0, 4.0, 2.0]), _hist([0, 10, 20], [0, 3, 7], [9.0, 6.0, 5.0])]
     sgd = [_hist([0, 10, 20], [0, 1, 2], [9.0, 8.0, 7.0])]
-    s = kc.summarize({"adam": adam, "kfac": kfac, "sgd": sgd}, horizon=20)
+    s = cs.summarize({"adam": adam, "kfac": kfac, "sgd": sgd}, horizon=20)
     assert s["target_train_loss"] == 5.0  # best of the seed mean (9, 5, 5)
     k = s["methods"]["kfac"]  # seed 0 reaches 5 at step 10 (3 s), seed 1 at step 20 (7 s)
     assert k["reached"] == 2 and k["reach_step"] == 15 and k["reach_step_std"] == 5 and k["reach_wall_s"] == 5.0
@@ -85,8 +89,8 @@ def test_summary_reach_target():
     assert a["reach_step"] == 10 and np.isclose(a["reach_wall_s"], 1.1)
     assert np.isclose(a["train_loss"], 5.0) and np.isclose(a["train_loss_std"], 1.0)
     assert s["methods"]["sgd"]["reached"] == 0 and s["methods"]["sgd"]["reach_step"] is None
-    assert kc.first_reach([0, 1], [0, 1], [3.0, 2.0], 1.0) == (None, None)
-    table = kc.markdown_table(s)
+    assert cs.first_reach([0, 1], [0, 1], [3.0, 2.0], 1.0) == (None, None)
+    table = cs.markdown_table(s)
     assert "| kfac | 20 |" in table and "| 15 ± 5 | 5.0 ± 2.0 |" in table and "not reached (0/1)" in table
 
 
@@ -96,10 +100,21 @@ def test_summary_reach_target():
 @pytest.fixture(scope="module")
 def tiny():
     ds = load_digits()
-    problem = kc.Problem("tiny", models.mlp((64, 16, 10), "tanh", "categorical"), 1e-4)
+    problem = cp.Problem("tiny", models.mlp((64, 16, 10), "tanh", "categorical"), 1e-4)
     data = {"train": (ds.x_train[:400], ds.y_train[:400]), "eval_train": (ds.x_train[:100], ds.y_train[:100]),
             "eval_test": (ds.x_test[:100], ds.y_test[:100])}
     return problem, data
+
+
+REGISTRY = Registry(
+    MethodSpec("sgd", "SGD", cm.sgd, ({"lr": 0.1},)),
+    MethodSpec("kfac", "K-FAC", cm.kfac, ({"damping": 0.1},)),
+    MethodSpec("kfac-sub", "K-FAC ¼", cm.kfac_sub, ({"damping": 0.1},)),
+)
+
+
+def _train(problem, method, hp, data, **kw):
+    return cs.run(problem, REGISTRY, method, hp, data, **kw)
 
 
 class Killed(Exception):
@@ -110,32 +125,32 @@ class Killed(Exception):
 def test_killed_run_resumes_to_identical_result(tiny, tmp_path, method, hp):
     problem, data = tiny
     kw = dict(seed=3, steps=30, batch_size=32, eval_every=10, progress=False)
-    ref = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "a", **kw)
+    ref = _train(problem, method, hp, data, ckpt_dir=tmp_path / "a", **kw)
 
     def kill(t):
         if t == 25:
             raise Killed
 
     with pytest.raises(Killed):
-        kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=kill, **kw)
+        _train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=kill, **kw)
     seen = []
-    resumed = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
+    resumed = _train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
     assert seen[0] == 21 and seen[-1] == 30  # restarted from the step-20 checkpoint
     assert resumed["step"] == ref["step"] == [0, 10, 20, 30]
     np.testing.assert_allclose(resumed["train_loss"], ref["train_loss"], rtol=1e-6)
     np.testing.assert_allclose(resumed["test_error"], ref["test_error"], rtol=1e-6)
     assert ref["train_loss"][-1] < ref["train_loss"][0]  # it actually trained
     # A finished run is read back without training again.
-    again = kc.train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
+    again = _train(problem, method, hp, data, ckpt_dir=tmp_path / "b", on_step=seen.append, **kw)
     assert len(seen) == 10 and again["train_loss"] == resumed["train_loss"]
 
 
 def test_kfac_sub_is_kfac_with_quarter_batch_curvature(tiny):
     problem, data = tiny
     kw = dict(seed=0, steps=10, batch_size=32, eval_every=10, progress=False)
-    sub = kc.train(problem, "kfac-sub", {"damping": 0.1}, data, **kw)
-    same = kc.train(problem, "kfac", {"damping": 0.1, "curvature_batch_size": 8}, data, **kw)
-    whole = kc.train(problem, "kfac", {"damping": 0.1}, data, **kw)
+    sub = _train(problem, "kfac-sub", {"damping": 0.1}, data, **kw)
+    same = _train(problem, "kfac", {"damping": 0.1, "curvature_batch_size": 8}, data, **kw)
+    whole = _train(problem, "kfac", {"damping": 0.1}, data, **kw)
     assert sub["train_loss"] == same["train_loss"] != whole["train_loss"]  # ⌈0.25 · 32⌉ = 8 examples
     assert sub["train_loss"][-1] < sub["train_loss"][0]
 
@@ -143,15 +158,15 @@ def test_kfac_sub_is_kfac_with_quarter_batch_curvature(tiny):
 def test_run_stops_at_target_and_stays_stopped(tiny, tmp_path):
     problem, data = tiny
     kw = dict(seed=0, steps=40, batch_size=32, eval_every=10, progress=False, ckpt_dir=tmp_path)
-    ref = kc.train(problem, "sgd", {"lr": 0.1}, data, **kw)
+    ref = _train(problem, "sgd", {"lr": 0.1}, data, **kw)
     target = ref["train_loss"][2] * (1 + 1e-5)
-    at, _ = kc.first_reach(ref["step"], ref["wall_time"], ref["train_loss"], target)  # 20, or 10 if not monotone
+    at, _ = cs.first_reach(ref["step"], ref["wall_time"], ref["train_loss"], target)  # 20, or 10 if not monotone
     kw["ckpt_dir"] = tmp_path / "stop"
-    stopped = kc.train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, **kw)
+    stopped = _train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, **kw)
     assert stopped["step"][-1] == at and at < 40
     np.testing.assert_allclose(stopped["train_loss"], ref["train_loss"][: len(stopped["step"])], rtol=1e-6)
     seen = []
-    again = kc.train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, on_step=seen.append, **kw)
+    again = _train(problem, "sgd", {"lr": 0.1}, data, stop_below=target, on_step=seen.append, **kw)
     assert not seen and again["step"] == stopped["step"]  # resumption does not continue past the target
 
 
@@ -159,28 +174,30 @@ def test_tuning_scores_stay_at_the_tuning_step_after_the_winner_continues(tiny, 
     problem, data = tiny
     kw = dict(steps=20, batch_size=32, eval_every=10, ckpt_dir=tmp_path, progress=False)
     grid = [{"lr": 0.01}, {"lr": 0.1}]
-    best, table = kc.tune(problem, "sgd", grid, data, **kw)
-    longer = kc.train(problem, "sgd", best, data, seed=0, **{**kw, "steps": 40})  # the final run continues it
+    best, table = cs.tune_method(problem, REGISTRY, "sgd", grid, data, **kw)
+    longer = _train(problem, "sgd", best, data, seed=0, **{**kw, "steps": 40})  # the final run continues it
     assert longer["step"][-1] == 40 and longer["train_loss"][-1] != table[grid.index(best)]["final_train_loss"]
-    again, table2 = kc.tune(problem, "sgd", grid, data, **kw)
+    again, table2 = cs.tune_method(problem, REGISTRY, "sgd", grid, data, **kw)
     assert again == best and table2 == table
     assert table[grid.index(best)]["final_train_loss"] == pytest.approx(longer["train_loss"][2])
 
 
 def test_diverging_run_is_stopped_and_reported(tiny):
     problem, data = tiny
-    run = kc.train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
+    run = _train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
     assert run["diverged"] and run["step"][-1] < 20
     # the last evaluation is of the last parameters with a finite loss (SGD does not donate)
     assert np.all(np.isfinite(run["train_loss"]))
-    assert kc.final_loss(run) == float("inf")
+    assert cs.final_loss(run) == float("inf")
 
 
 def test_bad_arguments():
     from experiments import kfac_autoencoder
 
     with pytest.raises(ValueError, match="unknown method"):
-        kc.make_method("lbfgs", kc.autoencoder_problem(), {})
+        kfac_autoencoder.METHODS["lbfgs"]
+    with pytest.raises(ValueError, match="unknown methods"):
+        kfac_autoencoder.main(["--methods", "sgd,lbfgs"])
     with pytest.raises(ValueError, match="--steps"):
         kfac_autoencoder.main(["--steps", "0", "--methods", "sgd"])
     with pytest.raises(ValueError, match="exceeds"):
@@ -194,7 +211,7 @@ def test_bad_arguments():
 def test_autoencoder_study_smoke(tmp_path):
     from experiments import kfac_autoencoder
 
-    methods = "kfac,sgd,adam" + (",kfac-jax" if kc.kfac_jax_available() else "")
+    methods = "kfac,sgd,adam" + (",kfac-jax" if kfac_autoencoder.METHODS["kfac-jax"].available else "")
     argv = ["--steps", "6", "--train-size", "200", "--eval-size", "50", "--batch-size", "50", "--eval-every", "3",
             "--tune-steps", "3", "--seeds", "2", "--methods", methods, "--out", str(tmp_path), "--no-progress"]
     assert kfac_autoencoder.main(argv) == 0
@@ -217,7 +234,7 @@ def test_single_threaded_blas_reaches_jaxlib_lapack():
     """The limit covers the OpenBLAS that jaxlib's LAPACK kernels load lazily."""
     import threadpoolctl
 
-    with kc.single_threaded_blas():
+    with cm.single_threaded_blas():
         jnp.linalg.cholesky(jnp.eye(3)).block_until_ready()
         blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
         assert blas and all(i["num_threads"] == 1 for i in blas)

@@ -14,7 +14,12 @@ import pytest
 import scipy.linalg
 
 from experiments import gibbs, learn
-from experiments import quantum_common as qc
+from experiments import quantum_methods as qm
+from experiments import quantum_study as qs
+from experiments.harness import Cells, Checkpoint
+from experiments.harness.analysis import first_reach, floor_estimate, reach_summary
+from experiments.harness.cli import quick
+from experiments.quantum_problems import make_model, ring
 
 TINY = dict(n=[3], betas=[1.0], seeds=[0, 1], steps=6, search_steps=3, methods=["adam", "qpngd"],
             ansatz="he1", grid="short", max_cpu=None)
@@ -43,32 +48,32 @@ def _finite_numbers(obj):
 def test_reach_analysis_matches_hand_values():
     trace = {"D": np.array([1.0, 0.5, 0.2, 0.12, 0.11, np.nan]), "time": np.array([0, 1, 2, 3, 4, np.nan]) * 0.5,
              "cpu_time": np.arange(6) * 0.25, "grad_evals": np.arange(6) * 11.0}
-    assert qc.first_reach(trace, 0.2) == {"iterations": 2, "grad_evals": 22.0, "wall_s": 1.0, "cpu_s": 0.5}
-    assert qc.first_reach(trace, 0.05) is None
+    assert first_reach(trace, 0.2) == {"iterations": 2, "grad_evals": 22.0, "wall_s": 1.0, "cpu_s": 0.5}
+    assert first_reach(trace, 0.05) is None
     other = dict(trace, D=np.array([1.0, 0.15, 0.1, 0.1, 0.1, 0.1]))
-    r = qc.reach_summary([trace, other], 0.2)
+    r = reach_summary([trace, other], 0.2)
     assert r["reached"] == "2/2" and r["iterations"] == 1.5 and r["grad_evals"] == 16.5
-    r = qc.reach_summary([trace, other], 0.105)
+    r = reach_summary([trace, other], 0.105)
     assert r["reached"] == "1/2"
     # expected running time with restarts: the failed seed is charged its whole run
     assert (r["ert_cpu_s"], r["ert_wall_s"], r["ert_iterations"]) == (1.25 + 0.5, 2.0 + 1.0, 4 + 2)
-    assert qc.reach_summary([trace], 0.105)["ert_cpu_s"] is None
-    assert qc.floor_estimate({"a": [trace], "b": [other]}) == 0.1
+    assert reach_summary([trace], 0.105)["ert_cpu_s"] is None
+    assert floor_estimate({"a": [trace], "b": [other]}) == 0.1
     # search score: mean D over the last tenth (here the last finite point); a NaN stop scores inf
-    assert qc.search_score(dict(trace, status="ok")) == 0.11
-    assert qc.search_score(dict(trace, status="nan at step 3")) == np.inf
+    assert qm.search_score(dict(trace, status="ok")) == 0.11
+    assert qm.search_score(dict(trace, status="nan at step 3")) == np.inf
 
 
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="unknown methods"):
-        qc.check_methods(["adam", "sgd"])
+        qs.check_methods(["adam", "sgd"])
     with pytest.raises(ValueError, match="ansatz"):
-        qc.make_model(3, "mps2")
+        make_model(3, "mps2")
     with pytest.raises(ValueError, match="ring"):
-        qc.ring(2)
+        ring(2)
     prob = gibbs.problem(3, 1.0, "he1")
     with pytest.raises(ValueError, match="step size"):
-        qc.make_stepper(prob, "adam", -0.1)
+        qm.method(prob, "adam", -0.1)
     with pytest.raises(ValueError, match="beta"):
         gibbs.problem(3, 0.0, "he1")
     with pytest.raises(ValueError, match="shots"):
@@ -90,7 +95,7 @@ def test_gibbs_quick_smoke(tmp_path):
     assert saved["study"] == "gibbs" and _finite_numbers(saved)
     (p,) = saved["problems"]
     assert set(p["methods"]) == {"adam", "qpngd"}
-    assert p["search"]["adam"]["grid"] == list(qc.SHORT_GRIDS["adam"])
+    assert p["search"]["adam"]["grid"] == list(qm.QUANTUM["adam"].short_grid)
     assert p["search"]["adam"]["winner"] in p["search"]["adam"]["grid"]
     for m in p["methods"].values():
         assert {"final_D", "floor_D", "to_D*+0.05", "to_D*+0.01", "ms_per_iter", "final_fidelity"} <= set(m)
@@ -102,11 +107,11 @@ def test_gibbs_quick_smoke(tmp_path):
     from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
 
     prob = gibbs.problem(3, 1.0, "he1")
-    cells = qc.Cells(qc_checkpoint(tmp_path))
+    cells = Cells(qc_checkpoint(tmp_path))
     trace = next(t for k, t in cells.done.items() if '"method": "adam"' in k and '"steps": 6' in k
                  and '"seed": 0' in k)
     rho = np.asarray(prob.model.density_matrix(prob.model.init(jax.random.PRNGKey(0))))
-    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
+    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(ring(3))), 1.0))
     np.testing.assert_allclose(trace["D"][0], _scipy_relative_entropy(rho, sigma), rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(trace["fidelity"][0], _scipy_fidelity(rho, sigma), rtol=1e-6)
     assert np.all(np.diff(trace["grad_evals"]) == 1) and np.all(np.diff(trace["time"]) >= 0)
@@ -114,8 +119,6 @@ def test_gibbs_quick_smoke(tmp_path):
 
 
 def qc_checkpoint(path):
-    from experiments.io import Checkpoint
-
     return Checkpoint(path / "checkpoint.pkl")
 
 
@@ -124,11 +127,11 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
     whole = gibbs.run_study(config, tmp_path / "whole", progress=False)
     with pytest.raises(KeyboardInterrupt):
         gibbs.run_study(config, tmp_path / "killed", progress=False, stop_after=2)
-    assert len(qc.Cells(qc_checkpoint(tmp_path / "killed")).done) == 2
+    assert len(Cells(qc_checkpoint(tmp_path / "killed")).done) == 2
     resumed = gibbs.run_study(config, tmp_path / "killed", progress=False)
-    a = qc.Cells(qc_checkpoint(tmp_path / "whole")).done
-    b = qc.Cells(qc_checkpoint(tmp_path / "killed")).done
-    assert a.keys() == b.keys() and len(a) == len(qc.SHORT_GRIDS["adam"]) + 2
+    a = Cells(qc_checkpoint(tmp_path / "whole")).done
+    b = Cells(qc_checkpoint(tmp_path / "killed")).done
+    assert a.keys() == b.keys() and len(a) == len(qm.QUANTUM["adam"].short_grid) + 2
     for key in a:
         np.testing.assert_array_equal(a[key]["D"], b[key]["D"])
     p, q = whole["problems"][0], resumed["problems"][0]
@@ -150,9 +153,9 @@ def test_learn_quick_smoke(tmp_path):
 
     prob = learn.problem(3, 1.0, None, "he1")
     rho = np.asarray(prob.model.density_matrix(prob.model.init(jax.random.PRNGKey(0))))
-    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
+    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(ring(3))), 1.0))
     expected = _scipy_relative_entropy(sigma, rho)
-    done = qc.Cells(qc_checkpoint(tmp_path)).done
+    done = Cells(qc_checkpoint(tmp_path)).done
     long = {k: t for k, t in done.items() if '"steps": 6' in k}
     firsts = [t["D"][0] for k, t in long.items() if '"seed": 0' in k]
     assert len(firsts) == 3
@@ -181,16 +184,16 @@ def test_learn_rejects_unknown_estimator(tmp_path):
 
 @pytest.mark.slow
 def test_gibbs_run_quick_full_short_study(tmp_path):
-    summary = gibbs.run_quick(tmp_path, progress=False)
+    summary = quick(gibbs.STUDY, tmp_path, progress=False)
     (p,) = summary["problems"]
-    assert p["n"] == 4 and set(p["methods"]) == set(qc.GRIDS)
+    assert p["n"] == 4 and set(p["methods"]) == set(qm.QUANTUM)
     assert p["headline"]["threshold"] == "D*+0.01"
     assert _finite_numbers(json.loads((tmp_path / "summary.json").read_text()))
 
 
 @pytest.mark.slow
 def test_learn_run_quick_full_short_study(tmp_path):
-    summary = learn.run_quick(tmp_path, progress=False)
+    summary = quick(learn.STUDY, tmp_path, progress=False)
     assert [p["shots"] for p in summary["problems"]] == [None, 1000]
 
 
@@ -203,15 +206,15 @@ def test_sequence_smoke_warm_starts_where_the_last_point_ended(tmp_path):
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert _finite_numbers(saved) and [s["kind"] for s in saved["sequences"]] == ["imaginary"]
     assert (tmp_path / "sequence_imaginary_n3.png").exists()
-    cells = qc.Cells(qc_checkpoint(tmp_path))
+    cells = Cells(qc_checkpoint(tmp_path))
     warm = sequence.run_chain(cells, "imaginary", 3, "adam", 0, config, "warm")  # from the checkpoint
     assert cells.computed == 0 and [p["label"] for p in warm] == [0.5, 1.0]
     # the warm point β=1 starts at the β=0.5 optimum: its first D is D(ρ_0.5‖σ_1), here from scipy's logm
     from qgeom.quantum import gibbs_state, hamiltonian_matrix, tfim
 
-    model = qc.make_model(3, "he1")
+    model = make_model(3, "he1")
     rho = np.asarray(model.density_matrix(warm[0]["params"]))
-    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(qc.ring(3))), 1.0))
+    sigma = np.asarray(gibbs_state(hamiltonian_matrix(tfim(ring(3))), 1.0))
     np.testing.assert_allclose(warm[1]["D"][0], _scipy_relative_entropy(rho, sigma), rtol=1e-7)
     for row in result["sequences"][0]["methods"]["adam"]["rows"]:
         assert row["D_star"] <= min(row["warm"]["final_D"], row["cold"]["final_D"]) + 1e-12

@@ -2,12 +2,13 @@
 
 A study is a ``Study``: its name, docstring (the first paragraph is the help text), a
 ``run(config, outdir, *, fresh, progress) → summary`` function, its ``default`` (quick) and
-``full`` configs, ``flags`` (a function adding the study's own flags to the parser, each
+``full`` configs, ``flags`` (functions adding the study's own flags to the parser, each
 destination named as its config key, default None), ``report(summary) → lines``, the
 ``summary_file`` it writes and its folder under ``results/``. The summary has a ``"table"``.
 ``main(study, argv)`` resolves the config — defaults, then ``--full``, then a ``--config``
 JSON file, then the flags given — and runs it; ``quick(study, outdir, **overrides)`` runs the
-default config from Python (what ``qgeom demo`` does).
+default config from Python (what ``qgeom demo`` does). A study module sets
+``main = STUDY.main`` for ``experiments/cli.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Study:
     run: Callable
     default: dict
     full: dict
-    flags: Callable[[argparse.ArgumentParser], None] | None = None
+    flags: Callable | tuple = ()
     report: Callable[[dict], list[str]] | None = None
     summary_file: str = "summary.json"
     results: str | None = None  # the output folder under results/ (default: the name)
@@ -36,6 +37,10 @@ class Study:
     @property
     def outdir(self) -> Path:
         return results_dir(self.results or self.name)
+
+    def main(self, argv=None) -> int:
+        """``qgeom <name> [flags]``."""
+        return main(self, argv)
 
 
 def methods_type(text: str) -> list[str]:
@@ -54,8 +59,8 @@ def parser(study: Study) -> argparse.ArgumentParser:
     p.add_argument("--out", help=f"output directory (default results/{study.results or study.name})")
     p.add_argument("--fresh", action="store_true", help="ignore and clear the checkpoints")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal)")
-    if study.flags is not None:
-        study.flags(p)
+    for add in study.flags if isinstance(study.flags, tuple) else (study.flags,):
+        add(p)
     return p
 
 

@@ -141,7 +141,8 @@ def run_steps(step: Callable, state, steps: int, *, start: int = 0, clocks=(0.0,
 class FitResult:
     """Outcome of ``fit``.
 
-    ``params``: the last parameters with a finite loss; ``state``: the optimizer state there. Per iteration t (lists of equal length): ``loss[t]`` = L(params_t) before
+    ``params``: the last parameters with a finite loss; ``state``: the optimizer state there.
+    Per iteration t (lists of equal length): ``loss[t]`` = L(params_t) before
     step t; ``time[t]`` = cumulative wall seconds after step t (compilation excluded, reported
     as ``compile_time``); ``grad_evals[t]`` = cumulative gradient evaluations (1 per step plus
     the optimizer's ``update.extra_grad_evals``, e.g. QPMD's inner steps). ``status`` is
