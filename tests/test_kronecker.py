@@ -131,3 +131,29 @@ def test_psd_inverse_cholesky_and_lu_fallback():
     # Indefinite (Cholesky fails): the LU fallback still inverts it.
     s = np.diag([2.0, -1.0, 0.5])
     np.testing.assert_allclose(psd_inverse(jnp.asarray(s)), np.linalg.inv(s), rtol=1e-12)
+
+
+def test_factorizations_solve_any_damping_and_report_extremal_eigenvalues(factors):
+    """Metric.factorize(): KroneckerFactored → KroneckerEigenbasis, DenseMetric → EighFactorization,
+    BlockDiagonal → blockwise; solve at several λ against numpy's dense solve, extremal eigenvalues
+    against eigvalsh (κ ≤ 1e2·1e2 here: rtol 1e-9)."""
+    from qgeom.metrics import BlockDiagonal, DenseMetric, EighFactorization, KroneckerEigenbasis
+
+    A, G = factors
+    kron = KroneckerFactored(A, G)
+    dense = DenseMetric(jnp.asarray(np.kron(np.asarray(G), np.asarray(G))), jnp.zeros(9))
+    metric = BlockDiagonal({"k": kron, "d": dense})
+    f = metric.factorize()
+    assert isinstance(f.blocks["k"], KroneckerEigenbasis) and isinstance(f.blocks["d"], EighFactorization)
+    big = np.asarray(metric.dense())
+    v = {"k": jnp.ones(kron.shape), "d": jnp.arange(9.0)}
+    flat = np.concatenate([np.asarray(v["d"]), np.ones(12)])  # ravel order: sorted keys "d", "k"
+    for lam in (0.0, 1e-2, 3.0):
+        want = np.linalg.solve(big + lam * np.eye(21), flat)
+        got = f.solve(v, lam)
+        np.testing.assert_allclose(np.concatenate([got["d"], np.ravel(got["k"])]), want, rtol=1e-9)
+    eig = np.linalg.eigvalsh(big)
+    np.testing.assert_allclose([f.min_eigenvalue(), f.max_eigenvalue()], [eig[0], eig[-1]], rtol=1e-9)
+    np.testing.assert_allclose(f.blocks["k"].dense(), kron.dense(), atol=1e-12)
+    with pytest.raises(ValueError, match="factorize"):
+        KroneckerFactored(A, G, mode="eigen").inverse(0.1)
