@@ -17,6 +17,9 @@ def test_cmatmul_equals_complex_product(a, b):
     np.testing.assert_allclose(cmatmul(a, b), a @ b, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(cmatmul(a, b, "gij,gjk->gik"), np.einsum("gij,gjk->gik", a, b), rtol=1e-12, atol=1e-12)
     assert np.iscomplexobj(cmatmul(a, b)) == (np.iscomplexobj(a) or np.iscomplexobj(b))
+    # Gauss's three products: each entry's rounding is a few ε times Σ_j |a_ij||b_jk|, |z| = |Re z| + |Im z|
+    bound = 8 * np.finfo(float).eps * ((abs(a.real) + abs(a.imag)) @ (abs(b.real) + abs(b.imag)))
+    assert np.all(np.abs(cmatmul(a, b, gauss=True) - a @ b) <= bound)
 
 
 def test_cmatmul_gradient_matches_complex_product():

@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 
 import qgeom  # noqa: F401  (float64)
 from qgeom.metrics import bkm, fubini_study, qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
+from qgeom.metrics.qhbm import circuit_generators
 from qgeom.quantum import QHBM, Circuit, Parity, hardware_efficient, tfim_qaoa
 
 
@@ -68,6 +69,32 @@ def test_generator_paths_match_generic_bkm(circuit):
     params = model.init(jax.random.PRNGKey(7))
     g = np.asarray(jax.jit(lambda p: qhbm_bkm(model, p).dense())(params))
     np.testing.assert_allclose(g, _generic_bkm(model, params), atol=1e-10 * np.abs(g).max())
+
+
+def _mixed_circuit(phi):
+    """Single-qubit runs cut by multi-qubit gates on other wires, tied angles, a phase gate
+    (generator |1⟩⟨1|, with an identity part) and two-qubit parameterized gates."""
+    qml.RX(phi[0], wires="a")
+    qml.RY(phi[1], wires="b")
+    qml.CNOT(wires=["a", "b"])
+    qml.RZ(2.0 * phi[0], wires="a")
+    qml.PhaseShift(phi[2], wires="b")
+    qml.RY(phi[3], wires="a")
+    qml.CRY(phi[4], wires=["a", "c"])
+    qml.RX(phi[5], wires="c")
+    qml.IsingZZ(phi[1], wires=["b", "c"])
+    qml.RY(phi[5], wires="b")
+
+
+def test_generators_match_jacobian_of_unitary():
+    """T_j from one sweep with shared per-(wire, run) products vs i U†∂_jU from jax.jacfwd of U."""
+    circuit = Circuit(_mixed_circuit, ["a", "b", "c"], (6,))
+    phi = circuit.init(jax.random.PRNGKey(4), scale=1.0)
+    u = circuit.unitary(phi)
+    ref = 1j * jnp.einsum("ki,klp->pil", u.conj(), jax.jacfwd(circuit.unitary)(phi))
+    gens = jax.jit(lambda p: circuit_generators(circuit, p))(phi)
+    # entries are O(1) (‖T_j‖ ≤ Σ_g |J_gj| ‖H_g‖ ≤ 2); ten gates of rounding on 8×8 unitaries
+    np.testing.assert_allclose(gens, ref, atol=100 * 8 * np.finfo(float).eps)
 
 
 def test_cross_block_vanishes(model_params):

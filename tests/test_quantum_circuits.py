@@ -42,6 +42,7 @@ def test_unitary_matches_qml_matrix(name):
     # a block of columns equals U @ block
     cols = jnp.asarray(np.random.default_rng(0).normal(size=(2**c.n, 3)) + 0j)
     np.testing.assert_allclose(c.apply(phi, cols), u @ cols, atol=1e-13)
+    np.testing.assert_allclose(c.apply_adjoint(phi, cols), u.conj().T @ cols, atol=1e-13)
 
 
 def _scalar(c):

@@ -119,7 +119,7 @@ def _per_gate_generators(circuit, phi):
         else:
             rows = frame[w].reshape(2**w, 2, 2 ** (n - w - 1), d)
             f0, f1 = rows[:, 0].reshape(d // 2, d), rows[:, 1].reshape(d // 2, d)
-            c = cmatmul(f0.conj().T, jnp.concatenate([f0, f1], axis=1))
+            c = cmatmul(f0.conj().T, jnp.concatenate([f0, f1], axis=1), gauss=True)
             c00, c01 = c[:, :d], c[:, d:]
             for g, o in pending[w]:
                 per_gate[g] = -(o[1, 1] * eye + (o[0, 0] - o[1, 1]) * c00 + o[0, 1] * c01 + o[1, 0] * c01.conj().T)

@@ -96,6 +96,18 @@ class Circuit:
         out = self._run(self._steps(phi), states)
         return out[:, 0] if vec else out
 
+    def apply_adjoint(self, phi, states):
+        """U(φ)† @ states: the fused steps in reverse order, each conjugate-transposed."""
+        self.check_params(phi)
+        states = jnp.asarray(states, dtype=jnp.complex128)
+        vec = states.ndim == 1
+        if vec:
+            states = states[:, None]
+        if states.shape[0] != 2**self.n:
+            raise ValueError(f"states must have leading dimension 2^{self.n} = {2**self.n}, got {states.shape}")
+        out = self._run([(kind, _adjoint(kind, d), where) for kind, d, where in reversed(self._steps(phi))], states)
+        return out[:, 0] if vec else out
+
     def _run(self, steps, states):
         n, cols = self.n, states.shape[1]
         meta = [(kind, where) for kind, _, where in steps]
@@ -201,6 +213,16 @@ def _plan(ops, positions, n):
         flush_block(bb)
     flush_diag()
     return steps
+
+
+def _adjoint(kind, d):
+    """Data of the conjugate-transposed step: block matrix, phase vector or gate tensor (2,)*2k."""
+    if kind == "block":
+        return d.conj().T
+    if kind == "diag":
+        return d.conj()
+    k = d.ndim // 2
+    return jnp.transpose(d.conj(), tuple(range(k, 2 * k)) + tuple(range(k)))
 
 
 def _apply_block(m, where, psi, n):
