@@ -35,12 +35,13 @@ def problem():
         out, inputs = net.apply_tapped(params, x, taps)
         return jnp.sum(net.output.nll(out, y)), inputs
 
-    g, inputs = jax.grad(summed_nll, has_aux=True)(net.zero_taps(x))
+    g, inputs = jax.jit(jax.grad(summed_nll, has_aux=True))(net.zero_taps(x))
     batches = {k: LayerBatch(inputs[k], g[k]) for k in net.names}
     return net, params, x, y, batches
 
 
 def _kfac_jax_factors(net, params, x, y, ctor):
+    """One ``update_curvature_matrix_estimate`` of kfac-jax's block-diagonal estimator (empirical Fisher)."""
     def loss(kp, batch):
         h = batch[0]
         for i, k in enumerate(sorted(kp)):
@@ -49,17 +50,15 @@ def _kfac_jax_factors(net, params, x, y, ctor):
         kfac_jax.register_softmax_cross_entropy_loss(h, batch[1])
         return jnp.mean(net.output.nll(h, batch[1]))
 
-    opt = kfac_jax.Optimizer(
-        value_and_grad_func=jax.value_and_grad(loss), l2_reg=0.0, use_adaptive_learning_rate=False,
-        use_adaptive_momentum=False, use_adaptive_damping=False, estimation_mode="fisher_empirical",
-        inverse_update_period=1, multi_device=False, num_burnin_steps=0, layer_tag_to_block_ctor={"dense": ctor})
+    est = kfac_jax.BlockDiagonalCurvature(func=loss, default_estimation_mode="fisher_empirical",
+                                          layer_tag_to_block_ctor={"dense": ctor})
     # float64 for kfac-jax: its ``tnt_scale`` mixes a float64 literal with float32 factors under x64
     kp = {k: {"w": w[:-1].astype(jnp.float64), "b": w[-1].astype(jnp.float64)} for k, w in params.items()}
-    x = x.astype(jnp.float64)
-    state = opt.init(kp, jax.random.PRNGKey(3), (x, y))
-    _, state, _ = opt.step(kp, state, jax.random.PRNGKey(4), batch=(x, y), learning_rate=1.0, momentum=0.0,
-                           damping=0.1, global_step_int=0)
-    return [[np.asarray(f.value / f.weight) for f in b.factors] for b in state.estimator_state.blocks_states]
+    args = (kp, (x.astype(jnp.float64), y))
+    state = est.init(jax.random.PRNGKey(3), args, exact_powers_to_cache=None, approx_powers_to_cache=None)
+    state = est.update_curvature_matrix_estimate(state, ema_old=0.0, ema_new=1.0, identity_weight=0.0,
+                                                 batch_size=N, rng=jax.random.PRNGKey(4), func_args=args)
+    return [[np.asarray(f.value / f.weight) for f in b.factors] for b in state.blocks_states]
 
 
 @pytest.mark.parametrize("form,ctor", [("minibatch", "NaiveTNT"), ("per_example", "DenseTNT")])
@@ -68,7 +67,7 @@ def test_factors_equal_kfac_jax(problem, form, ctor):
     theirs = _kfac_jax_factors(net, params, x, y, getattr(kfac_jax, ctor))
     for k, (t1, t2) in zip(sorted(params), theirs):
         block = TNTBlock(net.layer_shapes[k], form=form)
-        stats = block.update(block.init(), batches[k], 0.0)
+        stats = jax.jit(block.update)(block.init(), batches[k], 0.0)
         np.testing.assert_allclose(stats["U1"], N * t1, rtol=1e-5, atol=1e-6 * np.abs(N * t1).max())
         np.testing.assert_allclose(stats["U2"], N * t2, rtol=1e-5, atol=1e-6 * np.abs(N * t2).max())
         scale = float(kfac_jax.utils.tnt_scale([jnp.asarray(t1), jnp.asarray(t2)]))
@@ -107,9 +106,9 @@ def test_apply_inverse_is_damped_kronecker_solve(problem):
     net, params, x, y, batches = problem
     k = net.names[0]
     block = TNTBlock(net.layer_shapes[k], form="per_example")
-    stats = block.update(block.init(), batches[k], 0.5)
+    stats = jax.jit(block.update)(block.init(), batches[k], 0.5)
     lam = 0.3
-    _, cache = block.refresh(stats, lam)
+    _, cache = jax.jit(block.refresh)(stats, lam)
     grad = jax.random.normal(jax.random.PRNGKey(5), net.layer_shapes[k], jnp.float32)
     a, b = (np.asarray(m, np.float64) for m in normalized_factors(stats["U1"], stats["U2"]))
     dense = np.kron(a + lam * np.eye(len(a)), b + lam * np.eye(len(b)))

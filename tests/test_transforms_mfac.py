@@ -64,15 +64,15 @@ def test_float32_gradients_with_authors_damping():
     The step is formed as Gᵀy (no cancellation), y from the float64 m×m system, so its error is the
     float32 rounding of Σ_j y_j g_j, ≤ m·u32·‖|G|ᵀ|y|‖, plus the float64 solve's u64·cond(F̂)."""
     rng = np.random.default_rng(2)
-    m, lam = 8, 1e-5
+    m, lam, D = 8, 1e-5, 200
     tx = mfac(1.0, num_grads=m, damping=lam)
     update = jax.jit(tx.update)
-    state = tx.init(jnp.zeros(1000, jnp.float32))
-    gs = [(30 * rng.standard_normal(1000) / np.sqrt(1000)).astype(np.float32) for _ in range(m)]
+    state = tx.init(jnp.zeros(D, jnp.float32))
+    gs = [(30 * rng.standard_normal(D) / np.sqrt(D)).astype(np.float32) for _ in range(m)]
     for g in gs:
         out, state = update(jnp.asarray(g), state)
     G = np.array(gs, np.float64)
-    F = lam * np.eye(1000) + G.T @ G / m
+    F = lam * np.eye(D) + G.T @ G / m
     want = np.linalg.solve(F, G[-1])
     y = m * np.linalg.solve(m * lam * np.eye(m) + G @ G.T, np.eye(m)[-1])
     assert np.linalg.cond(F) > 1e7 and out.dtype == jnp.float32

@@ -98,17 +98,19 @@ SETTINGS = dict(b1=0.9, b2=0.95, epsilon=EPS, precondition_every=2, start_precon
 SHAPES = {"mat": (3, 4), "big": (6, 7), "t3": (2, 5, 3), "vec": (5,)}
 
 
-@pytest.mark.parametrize("graft,b2", [("adagrad", 0.95), ("adam", 0.95), ("sgd", 1.0)])
-def test_updates_equal_dense_numpy(graft, b2):
+@pytest.mark.parametrize("graft,b2,names", [("adagrad", 0.95, tuple(SHAPES)), ("adam", 0.95, ("mat", "vec")),
+                                           ("sgd", 1.0, ("big",))])
+def test_updates_equal_dense_numpy(graft, b2, names):
+    shapes = {k: SHAPES[k] for k in names}
     tx = shampoo(0.1, **{**SETTINGS, "b2": b2}, graft=graft)
     update = jax.jit(tx.update)
-    grads = _stream(SHAPES, 6)
-    params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+    grads = _stream(shapes, 6)
+    params = {k: jnp.zeros(s) for k, s in shapes.items()}
     state = tx.init(params)
-    refs = {k: _NumpyShampoo(s, SETTINGS["b1"], b2, EPS, 2, 1, 4, 6, graft, 1e-8, True) for k, s in SHAPES.items()}
+    refs = {k: _NumpyShampoo(s, SETTINGS["b1"], b2, EPS, 2, 1, 4, 6, graft, 1e-8, True) for k, s in shapes.items()}
     for g in grads:
         out, state = update(jax.tree_util.tree_map(jnp.asarray, g), state)
-        for k in SHAPES:
+        for k in shapes:
             want = -0.1 * refs[k].step(g[k])
             np.testing.assert_allclose(out[k], want, rtol=TOL, atol=TOL * np.abs(want).max(), err_msg=k)
     assert int(state.inner_state.root_failures) == 0
@@ -120,10 +122,10 @@ def test_preconditioned_direction_is_inverse_fourth_roots_of_the_sum():
     rng = np.random.default_rng(3)
     gs = [rng.standard_normal((4, 3)) for _ in range(3)]
     tx = shampoo(1.0, b1=0.0, b2=1.0, epsilon=EPS, precondition_every=1, start_preconditioning_step=0, graft="sgd")
-    state = tx.init(jnp.zeros((4, 3)))
+    state, update = tx.init(jnp.zeros((4, 3))), jax.jit(tx.update)
     L, R = np.zeros((4, 4)), np.zeros((3, 3))
     for g in gs:
-        out, state = tx.update(jnp.asarray(g), state)
+        out, state = update(jnp.asarray(g), state)
         L, R = L + g @ g.T, R + g.T @ g
         d = _root(L, 4, EPS, None) @ g @ _root(R, 4, EPS, None)
         np.testing.assert_allclose(-np.asarray(out), d * np.linalg.norm(g) / np.linalg.norm(d), rtol=TOL)
@@ -132,12 +134,12 @@ def test_preconditioned_direction_is_inverse_fourth_roots_of_the_sum():
 def test_failed_root_keeps_previous_and_nonfinite_gradient_is_skipped():
     tx = shampoo(1.0, precondition_every=1, start_preconditioning_step=0)
     params = {"w": jnp.zeros((3, 2))}
-    state = tx.init(params)
-    _, state = tx.update({"w": jnp.zeros((3, 2))}, state)  # λ_max = 0: every root fails, identity kept
+    state, update = tx.init(params), jax.jit(tx.update)
+    _, state = update({"w": jnp.zeros((3, 2))}, state)  # λ_max = 0: every root fails, identity kept
     inner = state.inner_state
     assert int(inner.root_failures) == 2
     np.testing.assert_array_equal(inner.roots[0][0][0], np.eye(3))
-    out, state2 = tx.update({"w": jnp.full((3, 2), jnp.nan)}, state)
+    out, state2 = update({"w": jnp.full((3, 2), jnp.nan)}, state)
     assert np.all(np.asarray(out["w"]) == 0) and int(state2.total_notfinite) == 1
     np.testing.assert_array_equal(state2.inner_state.stats[0][0][0], inner.stats[0][0][0])
 
