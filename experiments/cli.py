@@ -1,8 +1,9 @@
 """The ``qgeom`` command: one entry point for every study and benchmark.
 
-``qgeom <command> [flags]`` runs ``experiments.<module>.main(flags)``; ``qgeom <command> -h``
-shows that study's own flags. Modules are imported lazily, so one study's optional
-dependencies never slow down or break another.
+``qgeom <command> [flags]`` runs ``experiments.<module>.main(flags)`` (a study module sets
+``main = STUDY.main``, ``experiments.harness.cli``); ``qgeom <command> -h`` shows its flags.
+A new command is one line of ``COMMANDS``. Modules are imported lazily, so one study's
+optional dependencies never slow down or break another.
 """
 
 from __future__ import annotations
