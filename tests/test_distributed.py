@@ -1,0 +1,228 @@
+"""Data-parallel training (classical.distributed) and the GPU benchmark's CPU-side behaviour.
+
+Multi-device checks run in subprocesses with ``XLA_FLAGS=--xla_force_host_platform_device_count``
+(the device count is fixed when JAX starts). Tolerance of sharded-vs-single-device parameters:
+the only difference is the order of the batch sums (4 partial sums all-reduced instead of one),
+a relative error ≤ N·ε₃₂ per gradient or statistic (N = 32 examples). K-FAC runs with the exact
+damped inverse (``inverse="eigen"``, (A⊗G + λI)⁻¹, λ = 1) and EKFAC with (S + λ)⁻¹ in the
+eigenbasis; inputs in [−1, 1] and tanh layers give |ā|² ≤ d_in + 1 ≤ 17 and categorical outputs
+|g|² ≤ 2, so λ_max(A)λ_max(G) ≤ 34 and S ≤ |ā|²|g|² ≤ 34: the preconditioner's condition number
+is κ ≤ 1 + 34/λ = 35. Over S = 4 steps: S·N·κ·ε₃₂ ≈ 5e-4 relative to the parameters' scale.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+
+from classical import distributed as dist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS32, N, STEPS = float(np.finfo(np.float32).eps), 32, 4
+RTOL = STEPS * N * 35 * EPS32
+
+PROBLEM = textwrap.dedent("""
+    import functools, json, sys
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from classical import distributed as dist
+    from classical.blocks.ekfac import EKFACBlock
+    from classical.kfac import KFAC
+    from classical.models import mlp
+
+    net = mlp((6, 16, 8, 3), "tanh", "categorical")
+    p0 = net.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(32, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 32)
+    settings = dict(learning_rate=0.1, momentum=0.5, damping=1.0, inverse_period=2, adapt_damping=False)
+    optimizers = {"kfac": KFAC(net, inverse="eigen", **settings),
+                  "ekfac": KFAC(net, blocks=functools.partial(EKFACBlock, s_decay=None), **settings)}
+    adam = optax.adam(1e-2)
+
+    def adam_step(p, s, batch):
+        loss, g = jax.value_and_grad(lambda q: net.loss(q, *batch))(p)
+        u, s = adam.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    def train(step, p, s, put=lambda t: t, steps=4):
+        for _ in range(steps):
+            p, s, _ = step(p, s, put((x, y)))
+        return {k: np.asarray(v.addressable_data(0)).tolist() for k, v in p.items()}
+""")
+
+FOUR_DEVICES = PROBLEM + textwrap.dedent("""
+    assert len(jax.devices()) == 4, jax.devices()
+    mesh = dist.data_mesh()
+    out = {}
+    for name, opt in optimizers.items():
+        out[name] = {"single": train(opt.step, p0, opt.init(p0)),
+                     "sharded": train(dist.shard_step(opt.step, mesh), dist.replicate(p0, mesh),
+                                      dist.replicate(opt.init(p0), mesh), lambda b: dist.shard_batch(b, mesh))}
+    out["adam"] = {"single": train(jax.jit(adam_step), p0, adam.init(p0)),
+                   "sharded": train(dist.shard_step(adam_step, mesh), dist.replicate(p0, mesh),
+                                    dist.replicate(adam.init(p0), mesh), lambda b: dist.shard_batch(b, mesh))}
+    # inverse refreshes spread over the devices, broadcast back: equal to computing them here
+    A = {f"l{i}": jnp.asarray(rng.normal(size=(3 + i, 3 + i)), jnp.float32) for i in range(5)}
+    A = {k: a @ a.T + jnp.eye(a.shape[0]) for k, a in A.items()}
+    fns = {k: jnp.linalg.cholesky for k in A}
+    owners = dist.assign_refresh([a.shape[0] ** 3 for a in A.values()], 4)
+    spread = jax.jit(lambda a: dist.spread_refresh(fns, a, mesh, dict(zip(A, owners))))(A)
+    out["spread_maxdiff"] = max(float(jnp.max(jnp.abs(spread[k] - jnp.linalg.cholesky(A[k])))) for k in A)
+    out["owners"] = list(owners)
+    try:
+        dist.shard_step(optimizers["kfac"].step, mesh)(p0, optimizers["kfac"].init(p0), (x[:30], y[:30]))
+        out["bad_batch"] = "accepted"
+    except ValueError as err:
+        out["bad_batch"] = str(err)
+    print(json.dumps(out))
+""")
+
+
+def _run(script, devices, env=None, timeout=600):
+    full = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT,
+            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **(env or {})}
+    return subprocess.Popen([sys.executable, "-c", script], env=full, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True), timeout
+
+
+def _result(proc_timeout):
+    proc, timeout = proc_timeout
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _assert_close(got, ref):
+    scale = max(1.0, max(np.max(np.abs(np.asarray(v))) for v in ref.values()))
+    for k in ref:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=0, atol=RTOL * scale, err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    return _result(_run(FOUR_DEVICES, 4))
+
+
+@pytest.mark.parametrize("method", ["kfac", "ekfac", "adam"])
+def test_sharded_step_on_4_devices_equals_single_device(four_devices, method):
+    res = four_devices[method]
+    moved = max(np.max(np.abs(np.asarray(res["single"][k]))) for k in res["single"])
+    assert moved > 0 and np.all(np.isfinite(moved))
+    _assert_close(res["sharded"], res["single"])
+
+
+def test_spread_refresh_on_4_devices_equals_local_factorizations(four_devices):
+    # the owner's result plus exact zeros from the others: bitwise the local factorization
+    assert four_devices["spread_maxdiff"] == 0.0
+    assert sorted(set(four_devices["owners"])) == [0, 1, 2, 3]
+
+
+def test_sharded_step_refuses_indivisible_batch_on_devices(four_devices):
+    assert "30 is not divisible by the 4 devices" in four_devices["bad_batch"]
+
+
+def _makespan(costs, owner, m):
+    load = [0.0] * m
+    for c, d in zip(costs, owner):
+        load[d] += c
+    return max(load)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_assign_refresh_covers_each_layer_once_within_lpt_bound_of_optimum(seed):
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 4))
+    costs = rng.uniform(0, 10, size=int(rng.integers(1, 8))) ** 3
+    owner = dist.assign_refresh(costs, m)
+    assert len(owner) == len(costs) and all(0 <= d < m for d in owner)  # each layer exactly one owner
+    best = min(_makespan(costs, a, m) for a in itertools.product(range(m), repeat=len(costs)))  # brute force
+    assert _makespan(costs, owner, m) <= (4 / 3 - 1 / (3 * m)) * best * (1 + 1e-12)  # Graham's LPT bound
+
+
+def test_assign_refresh_balances_equal_layers_and_kronecker_costs():
+    assert sorted(dist.assign_refresh([1.0] * 8, 4)) == [0, 0, 1, 1, 2, 2, 3, 3]
+    costs = dist.kronecker_refresh_costs({"a": (785, 1000), "b": (1001, 500)})
+    assert costs == {"a": 785.0**3 + 1000.0**3, "b": 1001.0**3 + 500.0**3}
+    assert dist.assign_refresh(list(costs.values()), 2) == (0, 1)  # a (1.48e9) first, b to the idle device
+    with pytest.raises(ValueError, match="positive integer"):
+        dist.assign_refresh([1.0], 0)
+    with pytest.raises(ValueError, match="finite"):
+        dist.assign_refresh([1.0, float("nan")], 2)
+
+
+def test_mesh_without_data_axis_is_refused():
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("model",))
+    with pytest.raises(ValueError, match="no 'data' axis"):
+        dist.shard_step(lambda p, s, b: (p, s, 0.0), mesh)
+    with pytest.raises(ValueError, match="same leading"):
+        dist.check_batch((np.zeros((4, 2)), np.zeros(3)), dist.data_mesh())
+
+
+def test_initialize_refuses_partial_environment(monkeypatch):
+    monkeypatch.setenv("QGEOM_COORDINATOR", "localhost:1234")
+    monkeypatch.delenv("QGEOM_NUM_PROCESSES", raising=False)
+    monkeypatch.delenv("QGEOM_PROCESS_ID", raising=False)
+    with pytest.raises(ValueError, match="or none"):
+        dist.initialize()
+    with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+        dist.initialize("localhost:1234", 2, 2)
+
+
+def test_bench_gpu_refuses_without_gpu():
+    from experiments import bench_gpu
+
+    if bench_gpu.gpu_devices():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="no GPU"):
+        bench_gpu.main([])
+
+
+@pytest.mark.slow
+def test_bench_gpu_quick_self_check_on_cpu(tmp_path):
+    from experiments import bench_gpu
+
+    res = bench_gpu.main(["--quick", "--allow-cpu", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench_gpu.json").read_text())
+    assert saved["vqt"].keys() == res["vqt"].keys() == {"n3", "n4"}
+    for row in res["vqt"].values():  # float64 simulators on 2^n states: agreement to rounding
+        assert row["abs_dloss"] <= 1e-12 and row["max_dgrad"] <= 1e-12
+    assert res["bkm"]["n3"]["rel_err"] <= 1e-12
+    assert {"sgd", "kfac-fixed", "kfac-adaptive"} <= res["kfac"]["batch8"]["rows"].keys()
+
+
+TWO_PROCESSES = textwrap.dedent("""
+    import os, sys
+    from classical import distributed as dist
+    dist.initialize(cpu_collectives="gloo")
+""") + PROBLEM + textwrap.dedent("""
+    assert len(jax.devices()) == 4 and len(jax.local_devices()) == 2
+    mesh = dist.data_mesh()
+    opt = optimizers["kfac"]
+    p = train(dist.shard_step(opt.step, mesh), dist.replicate(p0, mesh), dist.replicate(opt.init(p0), mesh),
+              lambda b: dist.shard_batch(b, mesh))
+    print(json.dumps(p))
+""")
+
+
+@pytest.mark.slow
+def test_distributed_two_processes_reach_single_process_parameters():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    procs = [_run(TWO_PROCESSES, 2, {"QGEOM_COORDINATOR": f"localhost:{port}", "QGEOM_NUM_PROCESSES": "2",
+                                     "QGEOM_PROCESS_ID": str(i)}) for i in range(2)]
+    results = [_result(p) for p in procs]
+    single = _result(_run(PROBLEM + "print(json.dumps(train(optimizers['kfac'].step, p0, "
+                                    "optimizers['kfac'].init(p0))))", 1))
+    for res in results:
+        _assert_close(res, single)
