@@ -170,8 +170,8 @@ class Extremal(NamedTuple):
 def extremal_eigenvalues(mv, v0, num_steps, k=1):
     """The k largest and k smallest Ritz values of A after ``num_steps`` Lanczos steps from v0.
 
-    Each comes with its residual bound r_j = β_m |s_mj|: [θ_j − r_j, θ_j + r_j] holds an
-    eigenvalue of A. θ_max ≤ λ_max and θ_min ≥ λ_min always hold (interlacing), so once r
+    Each comes with its residual bound r_j = β_m |s_mj| (floored at eps·max|θ|, the rounding
+    level of full-reorthogonalization Lanczos): [θ_j − r_j, θ_j + r_j] holds an eigenvalue of A. θ_max ≤ λ_max and θ_min ≥ λ_min always hold (interlacing), so once r
     is small and Lanczos has resolved the top (bottom) of the spectrum,
     λ_max ∈ [θ_max, θ_max + r]. A start vector orthogonal to the top eigenvector never
     finds it: use a random v0.
@@ -183,6 +183,7 @@ def extremal_eigenvalues(mv, v0, num_steps, k=1):
     alphas, betas, _ = _run(mv, v0, num_steps)
     _check_finite(alphas, betas)
     theta, _, res = _ritz(alphas, betas)
+    res = jnp.maximum(res, jnp.finfo(theta.dtype).eps * jnp.max(jnp.abs(theta)))  # rounding floor
     return Extremal(theta[::-1][:k], res[::-1][:k], theta[:k], res[:k])
 
 
