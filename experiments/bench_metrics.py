@@ -16,20 +16,45 @@ H is checked against PennyLane's ``qml.dot`` of Pauli words. Both methods see th
 Timings: ``time.perf_counter`` around ``block_until_ready``, after a warm-up (compile) call,
 median of repeats. A method is skipped at a size where its time extrapolated from the previous
 size (×8 per qubit) exceeds ``--budget`` seconds. Ends with ``bkm_vs_hessian_speedup_n8=<ratio>``.
+
+Then the QHBM-structured BKM metric (``--qhbm-qubits``; model: order-2 parity EBM + 3 layers of
+RY, RZ and a CNOT ladder, the studies' ``cx3``; VQT on the TFIM ring, J = h = 1, β = 1), all timed
+side by side in one run:
+
+* ``qhbm_bkm(...).dense()`` (exact; single-qubit gates share one half-size product per wire and
+  run) against the per-gate reference, one 2ⁿ×2ⁿ product V_g†(H_g V_g) per gate (the previous
+  algorithm, kept here as ``per_gate_reference``; up to ``--reference-max-n``);
+* ``qhbm_bkm_nystrom`` of rank ``--rank`` (matrix-free products, 1 power iteration, oversample 5),
+  its error ‖G − Ĝ‖₂/‖G‖₂ against the exact block next to the optimal λ_{k+1}/‖G‖₂ (n ≤ 8);
+* one jitted training step — VQT loss and gradient plus the optimizer update — for Adam and for
+  QPNGD (``natural_gradient``, ``refresh_every = --refresh-every``) with the exact and the Nyström
+  metric; a QPNGD step is timed as the mean over ``refresh_every`` consecutive steps (one refresh).
+  Ratios to the Adam step are printed; ends with ``qpngd_over_adam_n<n>=<exact>,<nystrom>``.
+
+Times are CPU seconds of this process (``time.process_time``, all threads; robust to other jobs
+sharing the machine) next to wall seconds; the 1-minute load average is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
+import networkx as nx
 import numpy as np
+import optax
 
 import qgeom  # noqa: F401  (float64)
-from qgeom.metrics import bkm
+from qgeom.linalg import cmatmul
+from qgeom.metrics import bkm, qhbm_bkm
+from qgeom.metrics.qhbm import _apply_gate, _gate_generators, circuit_bkm_matrix
+from qgeom.metrics.qhbm_lowrank import qhbm_bkm_nystrom
+from qgeom.optimize.natural import natural_gradient
+from qgeom.quantum import QHBM, Parity, hardware_efficient, tfim, vqt_loss
 
 N_PARAMS = 100
 
@@ -137,11 +162,124 @@ def _skip_note(n, what, predicted, budget):
     return f"{n:>3} {2**n:>5}   {what} skipped: predicted ~{predicted:.0f} s > budget {budget:.0f} s (dim³ scaling)"
 
 
+def per_gate_reference(model, params):
+    """Circuit BKM block by the previous algorithm: one product T_g = −V_g†(H_g V_g) per gate."""
+    circuit, phi = model.circuit, params["phi"]
+    ops, gens = _gate_generators(circuit, phi)
+    n, d = circuit.n, 2**circuit.n
+    pos_of = {w: i for i, w in enumerate(circuit.wires)}
+    v = jnp.eye(d, dtype=jnp.complex128).reshape((2,) * n + (d,))
+    prefixes, h_prefixes, it = [], [], iter(gens)
+    for op in ops:
+        pos = tuple(pos_of[w] for w in op.wires.tolist())
+        v = _apply_gate(op.matrix(), pos, v)
+        if op.num_params == 1:
+            prefixes.append(v.reshape(d, d))
+            h_prefixes.append(_apply_gate(next(it), pos, v).reshape(d, d))
+    per_gate = -cmatmul(jnp.stack(prefixes).conj(), jnp.stack(h_prefixes), "gki,gkl->gil")
+    log_p = jax.nn.log_softmax(-model.ebm.energies(params["theta"]))
+    return circuit_bkm_matrix(per_gate, log_p)  # cx3: one gate per parameter, J = I
+
+
+def timed_cpu(fn, args, repeats=2):
+    """(cpu seconds, wall seconds, output): minimum over ``repeats`` calls after a warm-up call."""
+    out = jax.block_until_ready(fn(*args))
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c, t = time.process_time(), time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        cpu.append(time.process_time() - c)
+        wall.append(time.perf_counter() - t)
+    return min(cpu), min(wall), out
+
+
+def qhbm_problem(n):
+    model = QHBM(Parity(n, 2), hardware_efficient(n, 3, rotations=("RY", "RZ"), entangler="CNOT"))
+    return model, model.init(jax.random.PRNGKey(n)), vqt_loss(model, tfim(nx.cycle_graph(n)), 1.0)
+
+
+def train_steps(loss, opt, steps):
+    """Jitted ``steps`` consecutive optimizer steps (value, gradient, update) from (params, state)."""
+    vg = jax.value_and_grad(loss)
+
+    @jax.jit
+    def run(params, state):
+        def body(carry, _):
+            p, st = carry
+            value, grads = vg(p)
+            updates, st = opt.update(grads, st, p, value=value)
+            return (optax.apply_updates(p, updates), st), value
+
+        return jax.lax.scan(body, (params, state), None, length=steps)
+
+    return run
+
+
+def qhbm_section(args):
+    """Exact structured BKM vs per-gate reference and Nyström; Adam vs amortized QPNGD steps."""
+    print(f"\nQHBM BKM (cx3: order-2 parity EBM, 3 RY/RZ/CNOT-ladder layers), load {os.getloadavg()[0]:.1f}; "
+          "times in CPU s (wall s)", flush=True)
+    print(f"{'n':>3} {'P':>4} {'exact':>15} {'per-gate ref':>15} {'ratio':>6} {'Nystrom r=' + str(args.rank):>16} "
+          f"{'err/|G|':>8} {'lam/|G|':>8}", flush=True)
+    key, k = jax.random.PRNGKey(0), args.refresh_every
+    results = {}
+    for n in args.qhbm_qubits:
+        model, params, loss = qhbm_problem(n)
+        n_par = sum(x.size for x in jax.tree.leaves(params))
+        c_ex, w_ex, g = timed_cpu(jax.jit(lambda p, m=model: qhbm_bkm(m, p).dense()), (params,))
+        nys = jax.jit(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key).blocks["phi"].dense())
+        c_ny, w_ny, g_ny = timed_cpu(nys, (params,))
+        ref = "—"
+        ratio = ""
+        n_phi = params["phi"].size
+        if n <= args.reference_max_n:
+            c_ref, w_ref, g_ref = timed_cpu(jax.jit(lambda p, m=model: per_gate_reference(m, p)), (params,), 1)
+            assert np.allclose(g_ref, g[:n_phi, :n_phi], atol=1e-9 * np.abs(g_ref).max())
+            ref, ratio = f"{c_ref:.3f} ({w_ref:.2f})", f"{c_ref / c_ex:.1f}"
+        err = lam = ""
+        if n <= 8:
+            block = np.asarray(g[:n_phi, :n_phi])
+            top = np.linalg.norm(block, 2)
+            err = f"{np.linalg.norm(block - np.asarray(g_ny), 2) / top:.3f}"
+            lam = f"{np.linalg.eigvalsh(block)[::-1][args.rank] / top:.3f}"
+        print(f"{n:>3} {n_par:>4} {c_ex:>7.3f} ({w_ex:>5.2f}) {ref:>15} {ratio:>6} {c_ny:>8.3f} ({w_ny:>5.2f}) "
+              f"{err:>8} {lam:>8}", flush=True)
+        results[n] = dict(model=model, params=params, loss=loss)
+
+    print(f"\ntraining step (VQT loss + gradient + update), QPNGD refreshed every {k} steps; CPU ms (wall ms)",
+          flush=True)
+    print(f"{'n':>3} {'Adam':>15} {'QPNGD exact':>15} {'ratio':>6} {'QPNGD Nystrom':>15} {'ratio':>6}", flush=True)
+    summary = {}
+    for n, r in results.items():
+        model, params, loss = r["model"], r["params"], r["loss"]
+        opts = {
+            "adam": optax.adam(1e-2),
+            "exact": natural_gradient(lambda p, m=model: qhbm_bkm(m, p), 0.1, refresh_every=k, shift=0.0),
+            "nystrom": natural_gradient(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key), 0.1,
+                                        refresh_every=k, shift=0.0),
+        }
+        times = {}
+        for name, opt in opts.items():
+            state = opt.init(params)
+            c, w, _ = timed_cpu(train_steps(loss, opt, k), (params, state), 1)
+            times[name] = (c / k, w / k)
+        (ca, wa), (ce, we), (cn, wn) = times["adam"], times["exact"], times["nystrom"]
+        summary[n] = (ce / ca, cn / ca)
+        print(f"{n:>3} {1e3 * ca:>7.1f} ({1e3 * wa:>5.0f}) {1e3 * ce:>7.1f} ({1e3 * we:>5.0f}) {ce / ca:>6.2f} "
+              f"{1e3 * cn:>7.1f} ({1e3 * wn:>5.0f}) {cn / ca:>6.2f}", flush=True)
+    for n, (e, y) in summary.items():
+        print(f"qpngd_over_adam_n{n}={e:.2f},{y:.2f}", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--qubits", type=int, nargs="+", default=[4, 6, 8, 10])
+    parser.add_argument("--qubits", type=int, nargs="*", default=[4, 6, 8, 10], help="generic section sizes (none: skip)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=600.0, help="skip a method at a size where its time, extrapolated from the previous size, exceeds this (s)")
+    parser.add_argument("--qhbm-qubits", type=int, nargs="*", default=[6, 8, 9, 10], help="QHBM-structured section sizes (none: skip)")
+    parser.add_argument("--rank", type=int, default=8, help="Nyström rank of the circuit block")
+    parser.add_argument("--refresh-every", type=int, default=20, help="QPNGD metric refresh period k")
+    parser.add_argument("--reference-max-n", type=int, default=9, help="largest n for the per-gate reference")
     args = parser.parse_args(argv)
 
     check_against_pennylane()
@@ -175,6 +313,8 @@ def main(argv=None):
         print(f"bkm_vs_hessian_speedup_n8={rows[8][1] / rows[8][0]:.2f}", flush=True)
     else:
         print("bkm_vs_hessian_speedup_n8=nan", flush=True)
+    if args.qhbm_qubits:
+        qhbm_section(args)
 
 
 if __name__ == "__main__":
