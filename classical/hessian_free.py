@@ -210,9 +210,10 @@ class HessianFree:
             m = int(np.ceil(m * n))
         m = n if m is None else min(m, n)
 
-        loss = self.model.loss(params, x, y)
         if grads is None:
-            grads = jax.grad(self.model.loss)(params, x, y)
+            loss, grads = jax.value_and_grad(self.model.loss)(params, x, y)
+        else:
+            loss = self.model.loss(params, x, y)
         g = ravel_pytree(grads)[0] + eta * flat
         h = loss + 0.5 * eta * jnp.vdot(flat, flat)
         ok_here = jnp.isfinite(h) & jnp.all(jnp.isfinite(g))
