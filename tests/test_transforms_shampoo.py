@@ -132,14 +132,16 @@ def test_preconditioned_direction_is_inverse_fourth_roots_of_the_sum():
 
 
 def test_failed_root_keeps_previous_and_nonfinite_gradient_is_skipped():
+    """Float32 parameters (x64 on) keep float32 updates."""
     tx = shampoo(1.0, precondition_every=1, start_preconditioning_step=0)
-    params = {"w": jnp.zeros((3, 2))}
+    params = {"w": jnp.zeros((3, 2), jnp.float32)}
     state, update = tx.init(params), jax.jit(tx.update)
-    _, state = update({"w": jnp.zeros((3, 2))}, state)  # λ_max = 0: every root fails, identity kept
+    out, state = update({"w": jnp.zeros((3, 2), jnp.float32)}, state)  # λ_max = 0: every root fails
+    assert out["w"].dtype == jnp.float32
     inner = state.inner_state
     assert int(inner.root_failures) == 2
     np.testing.assert_array_equal(inner.roots[0][0][0], np.eye(3))
-    out, state2 = update({"w": jnp.full((3, 2), jnp.nan)}, state)
+    out, state2 = update({"w": jnp.full((3, 2), jnp.nan, jnp.float32)}, state)
     assert np.all(np.asarray(out["w"]) == 0) and int(state2.total_notfinite) == 1
     np.testing.assert_array_equal(state2.inner_state.stats[0][0][0], inner.stats[0][0][0])
 

@@ -117,11 +117,15 @@ def test_reduces_to_adam_when_factors_are_diagonal():
 
 
 def test_vectors_run_adam_and_nonfinite_is_skipped():
+    """Also: float32 parameters get float32 updates although x64 is on."""
     tx = soap(0.01, weight_decay=0.0)
-    s = tx.init({"b": jnp.zeros(3)})
+    s = tx.init({"b": jnp.zeros(3, jnp.float32), "w": jnp.zeros((2, 2), jnp.float32)})
     assert s.inner_state.bases[0] == (None,)
-    _, s = tx.update({"b": jnp.ones(3)}, s)
-    out, s2 = tx.update({"b": jnp.array([1.0, jnp.inf, 0.0])}, s)
+    update = jax.jit(tx.update)
+    _, s = update({"b": jnp.ones(3, jnp.float32), "w": jnp.eye(2, dtype=jnp.float32)}, s)
+    out, _ = update({"b": jnp.ones(3, jnp.float32), "w": jnp.eye(2, dtype=jnp.float32)}, s)
+    assert out["b"].dtype == out["w"].dtype == jnp.float32
+    out, s2 = update({"b": jnp.array([1.0, jnp.inf, 0.0], jnp.float32), "w": jnp.eye(2, dtype=jnp.float32)}, s)
     assert np.all(np.asarray(out["b"]) == 0) and int(s2.total_notfinite) == 1
 
 

@@ -98,7 +98,7 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0, weight_de
         step = jnp.dot(y.astype(g.dtype), grads, precision=jax.lax.Precision.HIGHEST)
         v = momentum * state.velocity + (1 - momentum) * step if momentum else step
         lr = learning_rate_at(learning_rate, state.count)
-        return unravel(-lr * v), MFACState(state.count + 1, grads, gram, v, state.like)
+        return unravel((-lr * v).astype(g.dtype)), MFACState(state.count + 1, grads, gram, v, state.like)
 
     return optax.apply_if_finite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_errors)
 

@@ -115,10 +115,10 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
     def init_fn(params):
         leaves, treedef = jax.tree_util.tree_flatten(params)
         sr = [init_leaf(p) for p in leaves]
-        zeros = [jnp.zeros_like(p) for p in leaves]
-        return ShampooState(jnp.zeros([], jnp.int32), [s for s, _ in sr], [r for _, r in sr],
-                            zeros if graft != "sgd" else [None] * len(leaves),
-                            jax.tree_util.tree_unflatten(treedef, zeros), jnp.zeros([], jnp.int32))
+        graft_acc = [jnp.zeros_like(p) if graft != "sgd" else None for p in leaves]  # own buffers: donatable
+        momentum = jax.tree_util.tree_unflatten(treedef, [jnp.zeros_like(p) for p in leaves])
+        return ShampooState(jnp.zeros([], jnp.int32), [s for s, _ in sr], [r for _, r in sr], graft_acc,
+                            momentum, jnp.zeros([], jnp.int32))
 
     def refresh(stats, roots, k):
         new, fails = [], 0
@@ -167,7 +167,7 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
                 base = g / (jnp.sqrt(vhat) + graft_epsilon)
             dnorm = jnp.linalg.norm(direction)
             scale = jnp.where(dnorm > 0, jnp.linalg.norm(base) / jnp.where(dnorm > 0, dnorm, 1), 0)
-            outs.append(jnp.where(precondition, direction * scale, base))
+            outs.append(jnp.where(precondition, direction * scale, base).astype(g.dtype))
             new_stats.append(stats)
             new_roots.append(roots)
             new_graft.append(acc)
@@ -206,6 +206,6 @@ def shampoo(learning_rate, b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20
     def update_fn(updates, state, params=None):
         d, state = inner.update(updates, state, params)
         lr = learning_rate_at(learning_rate, state.count - 1)
-        return jax.tree_util.tree_map(lambda x: -lr * x, d), state
+        return jax.tree_util.tree_map(lambda x: (-lr * x).astype(x.dtype), d), state
 
     return optax.apply_if_finite(optax.GradientTransformation(inner.init, update_fn), max_consecutive_errors)

@@ -110,8 +110,8 @@ def soap(learning_rate=3e-3, b1=0.95, b2=0.95, shampoo_beta=None, eps=1e-8, weig
         stats = [tuple(jnp.zeros((n, n), p.dtype) if f else None for n, f in zip(p.shape, has_factor(p.shape)))
                  for p in leaves]
         bases = [tuple(None if s is None else jnp.eye(s.shape[0], dtype=s.dtype) for s in st) for st in stats]
-        zeros = jax.tree_util.tree_unflatten(treedef, [jnp.zeros_like(p) for p in leaves])
-        return SOAPState(jnp.zeros([], jnp.int32), stats, bases, zeros, zeros)
+        zeros = lambda: jax.tree_util.tree_unflatten(treedef, [jnp.zeros_like(p) for p in leaves])
+        return SOAPState(jnp.zeros([], jnp.int32), stats, bases, zeros(), zeros())  # distinct: donatable
 
     def update_fn(updates, state, params=None):
         check_matching(updates, state.mu, "grads")
@@ -133,7 +133,7 @@ def soap(learning_rate=3e-3, b1=0.95, b2=0.95, shampoo_beta=None, eps=1e-8, weig
             u = -step_size * _rotate(m / (jnp.sqrt(v) + eps), qs, transpose=False)
             if weight_decay:
                 u = u - lr * weight_decay * (p + u)
-            outs.append(jnp.where(first, jnp.zeros_like(u), u))
+            outs.append(jnp.where(first, 0, u).astype(g.dtype))  # float32 stays float32 under x64
             m = _rotate(m, qs, transpose=False)
             st = tuple(None if s is None else beta_s * s + (1 - beta_s) * axis_gram(g, i) for i, s in enumerate(st))
             idx = jnp.where(first, 1, jnp.where(refresh, 2, 0))
