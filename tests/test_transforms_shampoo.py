@@ -38,7 +38,8 @@ def _unfold(x, i):
 class _NumpyShampoo:
     """One parameter tensor; ``blocks`` splits every full axis into chunks of ``bs``; ``diag`` axes."""
 
-    def __init__(self, shape, b1, b2, eps, T, start, bs, maxdim, graft, geps, nesterov):
+    def __init__(self, shape, b1, b2, eps, T, start, bs, maxdim, graft, geps, nesterov, stats_every=1):
+        self.stats_every = stats_every
         self.shape, self.b1, self.b2, self.eps, self.T, self.start = shape, b1, b2, eps, T, start
         self.graft, self.geps, self.nesterov = graft, geps, nesterov
         k = max(len(shape), 1)
@@ -62,7 +63,8 @@ class _NumpyShampoo:
             xb = x[sl]
             for i, f in enumerate(self.full):
                 u = _unfold(xb, i)
-                self.S[b][i] = self.b2 * self.S[b][i] + w2 * (u @ u.T if f else np.sum(u * u, axis=1))
+                if self.t % self.stats_every == 0:
+                    self.S[b][i] = self.b2 * self.S[b][i] + w2 * (u @ u.T if f else np.sum(u * u, axis=1))
                 if refresh:
                     s = self.S[b][i]
                     if f:
@@ -98,16 +100,18 @@ SETTINGS = dict(b1=0.9, b2=0.95, epsilon=EPS, precondition_every=2, start_precon
 SHAPES = {"mat": (3, 4), "big": (6, 7), "t3": (2, 5, 3), "vec": (5,)}
 
 
-@pytest.mark.parametrize("graft,b2,names", [("adagrad", 0.95, tuple(SHAPES)), ("adam", 0.95, ("mat", "vec")),
-                                           ("sgd", 1.0, ("big",))])
-def test_updates_equal_dense_numpy(graft, b2, names):
+@pytest.mark.parametrize("graft,b2,names,every", [("adagrad", 0.95, tuple(SHAPES), 1), ("adam", 0.95, ("mat", "vec"), 1),
+                                                 ("sgd", 1.0, ("big",), 2)])
+def test_updates_equal_dense_numpy(graft, b2, names, every):
+    """``every``: statistics every k steps (the sgd case: k = 2)."""
     shapes = {k: SHAPES[k] for k in names}
-    tx = shampoo(0.1, **{**SETTINGS, "b2": b2}, graft=graft)
+    tx = shampoo(0.1, **{**SETTINGS, "b2": b2}, graft=graft, statistics_every=every)
     update = jax.jit(tx.update)
     grads = _stream(shapes, 6)
     params = {k: jnp.zeros(s) for k, s in shapes.items()}
     state = tx.init(params)
-    refs = {k: _NumpyShampoo(s, SETTINGS["b1"], b2, EPS, 2, 1, 4, 6, graft, 1e-8, True) for k, s in shapes.items()}
+    refs = {k: _NumpyShampoo(s, SETTINGS["b1"], b2, EPS, 2, 1, 4, 6, graft, 1e-8, True, every)
+            for k, s in shapes.items()}
     for g in grads:
         out, state = update(jax.tree_util.tree_map(jnp.asarray, g), state)
         for k in shapes:
@@ -150,6 +154,7 @@ def test_failed_root_keeps_previous_and_nonfinite_gradient_is_skipped():
     ({"epsilon": 0.0}, "epsilon"), ({"epsilon": -1e-3}, "epsilon"), ({"b2": 1.5}, "b2"),
     ({"precondition_every": 0}, "precondition_every"), ({"graft": "rmsprop"}, "graft"),
     ({"graft": "adam", "b2": 1.0}, "b2 < 1"), ({"block_size": 2.5}, "block_size"),
+    ({"statistics_every": 0}, "statistics_every"),
 ])
 def test_bad_settings_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -22,7 +22,9 @@ x64 mode is on (float32 gradients: the system's condition number reaches ‖g‖
 ``window_metric(state, params)`` returns the window as ``qgeom.metrics.GradientWindow``
 (``mv``, ``solve``, ``dense``). The buffer is m·d floats: jit the training step with the
 optimizer state donated (``donate_argnums``) so the row update happens in place.
-A non-finite gradient gives a zero update and leaves the window unchanged (``optax.apply_if_finite``).
+A non-finite gradient gives a zero update and leaves the window, the velocity and the count
+unchanged; ``state.total_notfinite`` counts such steps. (Row-wise selects rather than
+``optax.apply_if_finite``, whose ``lax.cond`` over the whole state copies the m·d buffer.)
 """
 
 from __future__ import annotations
@@ -47,17 +49,19 @@ from qgeom.metrics.lowrank import GradientWindow
 
 class MFACState(NamedTuple):
     """count: gradients inserted; grads: the ring buffer (m × d, ``ravel_pytree`` order);
-    gram: GGᵀ (m × m); velocity: the averaged step (d); like: zeros shaped like the parameters."""
+    gram: GGᵀ (m × m); velocity: the averaged step (d); like: zeros shaped like the parameters;
+    total_notfinite: non-finite gradients skipped."""
 
     count: jax.Array
     grads: jax.Array
     gram: jax.Array
     velocity: jax.Array
     like: optax.Params
+    total_notfinite: jax.Array
 
 
-def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0, weight_decay=0.0,
-         max_consecutive_errors=5) -> optax.GradientTransformation:
+def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0,
+         weight_decay=0.0) -> optax.GradientTransformation:
     """M-FAC as an optax ``GradientTransformation``: updates = −η v, v as in the module docstring.
 
     Args:
@@ -66,21 +70,20 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0, weight_de
       damping: λ > 0 (authors: 1e-5).
       momentum: μ in [0, 1); weight_decay: wd ≥ 0, added to the gradient before it enters the
         window (needs ``params`` in ``update`` when non-zero).
-      max_consecutive_errors: ``optax.apply_if_finite``'s limit on skipped non-finite steps.
     """
     check_learning_rate(learning_rate)
     check_int("num_grads (the window m)", num_grads)
     check_positive("damping", damping)
     check_beta("momentum", momentum)
     check_positive("weight_decay", weight_decay, allow_zero=True)
-    check_int("max_consecutive_errors", max_consecutive_errors)
     m = num_grads
 
     def init_fn(params):
         flat, _ = ravel_pytree(params)
         cdt = jnp.promote_types(flat.dtype, jax.dtypes.canonicalize_dtype(jnp.float64))
         return MFACState(jnp.zeros([], jnp.int32), jnp.zeros((m, flat.size), flat.dtype), jnp.zeros((m, m), cdt),
-                         jnp.zeros_like(flat), jax.tree_util.tree_map(jnp.zeros_like, params))
+                         jnp.zeros_like(flat), jax.tree_util.tree_map(jnp.zeros_like, params),
+                         jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
         check_matching(updates, state.like, "grads")
@@ -89,7 +92,9 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0, weight_de
         g, unravel = ravel_pytree(updates)
         if weight_decay:
             g = g + weight_decay * ravel_pytree(params)[0]
+        finite = jnp.all(jnp.isfinite(g))
         i = state.count % m
+        g = jnp.where(finite, g, state.grads[i])  # a non-finite gradient re-inserts the old row: no change
         grads = state.grads.at[i].set(g)
         k = jnp.dot(grads, g, precision=jax.lax.Precision.HIGHEST).astype(state.gram.dtype)
         gram = state.gram.at[i, :].set(k).at[:, i].set(k)
@@ -97,13 +102,15 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0, weight_de
         y = m * jax.scipy.linalg.cho_solve((chol, True), jnp.eye(m, dtype=gram.dtype)[i])
         step = jnp.dot(y.astype(g.dtype), grads, precision=jax.lax.Precision.HIGHEST)
         v = momentum * state.velocity + (1 - momentum) * step if momentum else step
+        v = jnp.where(finite, v, state.velocity)
         lr = learning_rate_at(learning_rate, state.count)
-        return unravel((-lr * v).astype(g.dtype)), MFACState(state.count + 1, grads, gram, v, state.like)
+        out = jnp.where(finite, -lr * v, 0).astype(g.dtype)
+        return unravel(out), MFACState(state.count + finite, grads, gram, v, state.like,
+                                       state.total_notfinite + (~finite))
 
-    return optax.apply_if_finite(optax.GradientTransformation(init_fn, update_fn), max_consecutive_errors)
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def window_metric(state, params) -> GradientWindow:
-    """The window of an ``mfac`` state (or its ``apply_if_finite`` wrapper) as a qgeom metric, GᵀG/m."""
-    inner = getattr(state, "inner_state", state)
-    return GradientWindow(inner.grads, params)
+    """The window of an ``mfac`` state as a qgeom metric, GᵀG/m."""
+    return GradientWindow(state.grads, params)

@@ -9,7 +9,8 @@ For each parameter tensor G of order k (a weight matrix: k = 2) and each of its 
 (for a matrix L^{−1/4} G R^{−1/4}); σ_i = λ_max(S_i), so ε is relative (Anil et al. 2020,
 "Scalable second order optimization for deep learning", ``relative_matrix_epsilon``).
 
-* Inverse roots by ``eigh`` every ``precondition_every`` (T) steps from step
+* Statistics every ``statistics_every`` steps (1 by default); inverse roots by ``eigh`` every
+  ``precondition_every`` (T) steps from step
   ``start_preconditioning_step`` on; a root whose λ_max ≤ 0 or which is not finite is not
   used: the previous one is kept (the state's ``root_failures`` counts them).
 * Axes longer than ``block_size`` are split into blocks of at most ``block_size``; every block
@@ -86,13 +87,14 @@ def _precondition(x, roots, full):
 
 def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, start_preconditioning_step=None,
                      block_size=1024, max_precond_dim=4096, graft="adagrad", graft_epsilon=1e-8,
-                     nesterov=True) -> optax.GradientTransformation:
+                     nesterov=True, statistics_every=1) -> optax.GradientTransformation:
     """Shampoo's grafted, momentum-averaged direction (no learning rate, no sign flip)."""
     check_beta("b1", b1)
     check_beta("b2", b2, allow_one=True)
     check_positive("epsilon", epsilon)
     check_positive("graft_epsilon", graft_epsilon)
     check_int("precondition_every", precondition_every)
+    check_int("statistics_every", statistics_every)
     check_int("block_size", block_size)
     check_int("max_precond_dim", max_precond_dim)
     start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
@@ -137,25 +139,22 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
         leaves, treedef = jax.tree_util.tree_flatten(updates)
         count = state.count
         do_refresh = (count >= start) & ((count - start) % precondition_every == 0)
+        do_stats = count % statistics_every == 0
         precondition = count >= start
         new_stats, new_roots, new_graft, outs, fails = [], [], [], [], state.root_failures
         for j, g in enumerate(leaves):
             blocks, full = _plan(g.shape, block_size, max_precond_dim)
             x = g.reshape(g.shape or (1,))
             k = x.ndim
-            stats = []
-            for b, st in zip(blocks, state.stats[j]):
-                xb = x[b]
-                stats.append(tuple(b2 * s + w2 * (axis_gram(xb, i) if f else axis_sq_sum(xb, i))
-                                   for i, (s, f) in enumerate(zip(st, full))))
-            stats = tuple(stats)
+
+            def new_stats_fn(x, old):
+                return tuple(tuple(b2 * s + w2 * (axis_gram(x[b], i) if f else axis_sq_sum(x[b], i))
+                                   for i, (s, f) in enumerate(zip(st, full))) for b, st in zip(blocks, old))
+
+            stats = jax.lax.cond(do_stats, new_stats_fn, lambda x, old: old, x, tuple(state.stats[j]))
             roots, nfail = jax.lax.cond(do_refresh, lambda s, r: refresh(s, r, k),
                                         lambda s, r: (r, jnp.zeros([], jnp.int32)), stats, state.roots[j])
             fails = fails + nfail
-            direction = jnp.zeros_like(x)
-            for b, rt in zip(blocks, roots):
-                direction = direction.at[b].set(_precondition(x[b], rt, full))
-            direction = direction.reshape(g.shape)
             if graft == "sgd":
                 acc, base = None, g
             elif graft == "adagrad":
@@ -165,9 +164,16 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
                 acc = b2 * state.graft[j] + (1 - b2) * jnp.square(g)
                 vhat = acc / (1 - b2 ** (count + 1).astype(g.dtype))
                 base = g / (jnp.sqrt(vhat) + graft_epsilon)
-            dnorm = jnp.linalg.norm(direction)
-            scale = jnp.where(dnorm > 0, jnp.linalg.norm(base) / jnp.where(dnorm > 0, dnorm, 1), 0)
-            outs.append(jnp.where(precondition, direction * scale, base).astype(g.dtype))
+
+            def grafted(x, roots, base):
+                direction = jnp.zeros_like(x)
+                for b, rt in zip(blocks, roots):
+                    direction = direction.at[b].set(_precondition(x[b], rt, full))
+                dnorm = jnp.linalg.norm(direction)
+                scale = jnp.where(dnorm > 0, jnp.linalg.norm(base) / jnp.where(dnorm > 0, dnorm, 1), 0)
+                return (direction * scale).reshape(base.shape)
+
+            outs.append(jax.lax.cond(precondition, grafted, lambda x, r, base: base, x, roots, base).astype(g.dtype))
             new_stats.append(stats)
             new_roots.append(roots)
             new_graft.append(acc)
@@ -181,7 +187,8 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
 
 def shampoo(learning_rate, b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20,
             start_preconditioning_step=None, block_size=1024, max_precond_dim=4096, graft="adagrad",
-            graft_epsilon=1e-8, nesterov=True, max_consecutive_errors=5) -> optax.GradientTransformation:
+            graft_epsilon=1e-8, nesterov=True, statistics_every=1,
+            max_consecutive_errors=5) -> optax.GradientTransformation:
     """Shampoo as an optax ``GradientTransformation``: updates = −η · (grafted Shampoo step with momentum).
 
     Args:
@@ -195,13 +202,15 @@ def shampoo(learning_rate, b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20
       block_size: longest block along a preconditioned axis; ``max_precond_dim``: longer
         axes get a diagonal factor.
       graft: ``"adagrad"``, ``"adam"`` or ``"sgd"``: whose per-layer step norm is used.
+      statistics_every: steps between factor-statistics updates (distributed Shampoo's
+        ``statistics_compute_steps``; 1 = every step). The grafted accumulator updates every step.
       max_consecutive_errors: ``optax.apply_if_finite``'s limit on consecutive skipped
         (non-finite) steps before the non-finite update is let through.
     """
     check_learning_rate(learning_rate)
     check_int("max_consecutive_errors", max_consecutive_errors)
     inner = scale_by_shampoo(b1, b2, epsilon, precondition_every, start_preconditioning_step, block_size,
-                             max_precond_dim, graft, graft_epsilon, nesterov)
+                             max_precond_dim, graft, graft_epsilon, nesterov, statistics_every)
 
     def update_fn(updates, state, params=None):
         d, state = inner.update(updates, state, params)

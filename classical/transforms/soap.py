@@ -13,7 +13,9 @@ Adam run in the eigenbasis of Shampoo's factors, as the authors' reference ``soa
 * S is updated after every step; every ``precondition_frequency`` steps the basis is refreshed
   by one power iteration and QR, Q_i ← qr(S_i Q_i) after sorting Q_i's columns by the current
   diag(Q_iᵀ S_i Q_i) (and permuting v along axis i the same way). m is rotated into the new
-  basis; v is not (as in the reference).
+  basis; v is not (as in the reference). The reference rotates m out and back in on every step;
+  with an unchanged orthogonal basis that is the identity up to rounding, so here it happens on
+  refresh steps only (four mode products per step fewer).
 * Axes longer than ``max_precond_dim`` are not rotated; vectors and scalars run plain Adam
   unless ``precondition_1d``. (The reference's ``merge_dims`` and ``normalize_grads`` options
   are not provided.)
@@ -76,6 +78,20 @@ def _power_qr(stats, bases, nu):
     return tuple(out), nu
 
 
+def _keep(stats, bases, nu, mu):
+    return bases, nu, mu
+
+
+def _first_basis(stats, bases, nu, mu):
+    return tuple(None if s is None else _eigenbasis(s) for s in stats), nu, mu  # mu is still zero
+
+
+def _refresh(stats, bases, nu, mu):
+    """New bases by ``_power_qr``; the first moment rotated from the old basis into the new one."""
+    new, nu = _power_qr(stats, bases, nu)
+    return new, nu, _rotate(_rotate(mu, bases, transpose=False), new, transpose=True)
+
+
 def soap(learning_rate=3e-3, b1=0.95, b2=0.95, shampoo_beta=None, eps=1e-8, weight_decay=0.01,
          precondition_frequency=10, max_precond_dim=10000, precondition_1d=False,
          max_consecutive_errors=5) -> optax.GradientTransformation:
@@ -134,13 +150,10 @@ def soap(learning_rate=3e-3, b1=0.95, b2=0.95, shampoo_beta=None, eps=1e-8, weig
             if weight_decay:
                 u = u - lr * weight_decay * (p + u)
             outs.append(jnp.where(first, 0, u).astype(g.dtype))  # float32 stays float32 under x64
-            m = _rotate(m, qs, transpose=False)
             st = tuple(None if s is None else beta_s * s + (1 - beta_s) * axis_gram(g, i) for i, s in enumerate(st))
             idx = jnp.where(first, 1, jnp.where(refresh, 2, 0))
-            qs, v = jax.lax.switch(idx, [lambda s, q, v: (q, v),
-                                         lambda s, q, v: (tuple(None if x is None else _eigenbasis(x) for x in s), v),
-                                         _power_qr], st, qs, v)
-            new_mu.append(_rotate(m, qs, transpose=True))
+            qs, v, m = jax.lax.switch(idx, [_keep, _first_basis, _refresh], st, qs, v, m)
+            new_mu.append(m)
             new_nu.append(v)
             new_stats.append(st)
             new_bases.append(qs)
