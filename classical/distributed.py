@@ -93,8 +93,10 @@ def check_batch(batch, mesh) -> None:
 
 
 def _put(tree, sharding):
-    """Global arrays from host values that every process holds in full (works across processes)."""
+    """Global arrays from values that every process holds in full (works across processes)."""
     def one(x):
+        if isinstance(x, jax.Array) and jax.process_count() == 1:
+            return jax.device_put(x, sharding)  # also typed PRNG keys, without a host round trip
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
@@ -109,7 +111,7 @@ def shard_batch(batch, mesh):
 
 def replicate(tree, mesh):
     """A pytree of host or device arrays replicated on every device of ``mesh``."""
-    return _put(jax.device_get(tree), replicated(mesh))
+    return _put(tree, replicated(mesh))
 
 
 def shard_step(step: Callable, mesh, *, batch_argnum: int = 2, donate_argnums: Sequence[int] = ()):
