@@ -13,16 +13,20 @@ One process, one GPU, every ratio measured in this run against its reference on 
 * **K-FAC autoencoder step** (784-1000-500-250-30-250-500-1000-784, float32, synthetic uniform
   images — the step's cost does not depend on the pixel values) at batch 1000 and 4096: optax SGD
   (momentum 0.9), our K-FAC (fixed and adaptive, statistics every step, inverse period 20) and
-  kfac-jax with the same settings (``experiments.bench_kfac.build``), timed in interleaved
+  kfac-jax with the same settings (on the studies' kfac-jax parametrisation), timed in interleaved
   blocks of 20 steps (one inverse refresh each), median over blocks.
 
 Timings: ``time.perf_counter`` around ``jax.block_until_ready`` after a compile call; the
 minimum over repeats for the quantum kernels, the median block for the training steps. The
 dense-simulation memory guard (``qgeom.quantum.limits.MAX_DENSE_BYTES``) is set from the GPU's
 own memory (``Device.memory_stats()["bytes_limit"]``), not the host's. Comparators that cannot
-be imported (PennyLane, kfac-jax) are skipped with the reason printed. Writes the table and
-``bench_gpu.json`` to ``--out``. Refuses to run without a GPU unless ``--allow-cpu`` (with
-``--quick``: tiny sizes, a self-check of this script).
+be imported (PennyLane, kfac-jax) are skipped with the reason printed. Prints the tables and
+writes every number, the device's name and the targets to ``--out``/``bench_gpu.json``.
+Refuses to run without a GPU unless ``--allow-cpu`` (``--quick``: tiny sizes, a self-check).
+
+On a GPU image with a newer JAX than the pinned 0.7.1, ``jax_compat`` restores the two removed
+names PennyLane 0.45.1 and the studies use; kfac-jax 0.0.8 does not import on JAX ≥ 0.11
+(``jax.core.Effects`` removed) and is then skipped.
 """
 
 from __future__ import annotations
@@ -323,7 +327,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=5, help="interleaved timed blocks per K-FAC contender")
     ap.add_argument("--block", type=int, default=20, help="steps per block = K-FAC inverse period")
     ap.add_argument("--no-kfac-jax", action="store_true", help="skip kfac-jax even if importable")
-    ap.add_argument("--out", default="results/bench_gpu", help="folder for bench_gpu.json and table.txt")
+    ap.add_argument("--out", default="results/bench_gpu", help="folder for bench_gpu.json")
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a self-check of this script)")
     ap.add_argument("--allow-cpu", action="store_true", help="run without a GPU (for --quick self-checks)")
     args = ap.parse_args(argv)
