@@ -15,7 +15,8 @@ devices by cost (largest first to the least-loaded device, the LPT rule); ``spre
 runs each layer's refresh on its owner only (``shard_map`` + ``lax.cond`` on the device index)
 and broadcasts the result (``psum`` of the owner's value and zeros elsewhere), so the
 factorization time divides by about the device count and the broadcast costs one all-reduce
-of the inverses.
+of the inverses. ``SpreadRefresh`` puts this inside ``classical.kfac.KFAC`` through its
+``blocks=`` argument.
 
 Several processes (one per host or per GPU): call :func:`initialize` first — it reads
 ``QGEOM_COORDINATOR`` (host:port of process 0), ``QGEOM_NUM_PROCESSES`` and
@@ -195,6 +196,40 @@ def spread_refresh(refresh: dict, inputs: dict, mesh, owners: dict | None = None
         return out
 
     return jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)(inputs)
+
+
+class SpreadRefresh:
+    """A layer-wise curvature whose refresh runs each layer on its owner device only (KAISA).
+
+    Pass it as ``KFAC(model, blocks=SpreadRefresh(model.layer_shapes, mesh, factory))``: the
+    engine uses it as a curvature over all layers. Statistics updates, ``apply_inverse`` and
+    ``metric`` are the inner ``classical.blocks.Layerwise``'s; ``refresh`` goes through
+    :func:`spread_refresh` with owners from :func:`assign_refresh` of ``costs`` (default
+    :func:`kronecker_refresh_costs`: d_A³ + d_G³). ``factory(shape) -> block`` as for ``blocks=``
+    (default ``KroneckerBlock(shape, inverse=inverse)``).
+    """
+
+    def __init__(self, layer_shapes: dict, mesh, factory=None, *, inverse="tikhonov", costs: dict | None = None):
+        from classical.blocks.base import Layerwise
+        from classical.blocks.kronecker import KroneckerBlock
+
+        n_dev = _check_mesh(mesh)
+        factory = factory or (lambda shape: KroneckerBlock(shape, inverse=inverse))
+        self.inner = Layerwise.build(layer_shapes, factory)
+        self.mesh = mesh
+        costs = costs or kronecker_refresh_costs(layer_shapes)
+        names = list(self.inner.blocks)
+        self.owners = dict(zip(names, assign_refresh([costs[k] for k in names], n_dev)))
+
+    def refresh(self, stats, damping):
+        fns = {k: (lambda st, b=b: b.refresh(st, damping)) for k, b in self.inner.blocks.items()}
+        out = spread_refresh(fns, stats, self.mesh, self.owners)
+        return {k: o[0] for k, o in out.items()}, {k: o[1] for k, o in out.items()}
+
+    def __getattr__(self, name):  # init, update, apply_inverse, metric, needs_preact_grads
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *, cpu_collectives=None) -> None:

@@ -69,6 +69,11 @@ FOUR_DEVICES = PROBLEM + textwrap.dedent("""
         out[name] = {"single": train(opt.step, p0, opt.init(p0)),
                      "sharded": train(dist.shard_step(opt.step, mesh), dist.replicate(p0, mesh),
                                       dist.replicate(opt.init(p0), mesh), lambda b: dist.shard_batch(b, mesh))}
+    spread = KFAC(net, inverse="eigen", blocks=dist.SpreadRefresh(net.layer_shapes, mesh, inverse="eigen"),
+                  **settings)
+    out["kfac-spread"] = {"single": out["kfac"]["single"],
+                          "sharded": train(dist.shard_step(spread.step, mesh), dist.replicate(p0, mesh),
+                                           dist.replicate(spread.init(p0), mesh), lambda b: dist.shard_batch(b, mesh))}
     out["adam"] = {"single": train(jax.jit(adam_step), p0, adam.init(p0)),
                    "sharded": train(dist.shard_step(adam_step, mesh), dist.replicate(p0, mesh),
                                     dist.replicate(adam.init(p0), mesh), lambda b: dist.shard_batch(b, mesh))}
@@ -135,7 +140,7 @@ def four_devices():
     return _result(_run(FOUR_DEVICES, 4))
 
 
-@pytest.mark.parametrize("method", ["kfac", "ekfac", "adam"])
+@pytest.mark.parametrize("method", ["kfac", "kfac-spread", "ekfac", "adam"])
 def test_sharded_step_on_4_devices_equals_single_device(four_devices, method):
     res = four_devices[method]
     moved = max(np.max(np.abs(np.asarray(res["single"][k]))) for k in res["single"])
