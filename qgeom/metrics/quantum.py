@@ -98,7 +98,7 @@ def check_density_matrix(rho, name: str = "rho", atol: float = DENSITY_ATOL) -> 
         raise ValueError(f"{what}: trace is {tr:.12g}, not 1")
     lmin = np.linalg.eigvalsh(0.5 * (r + r.conj().T))[0] if r.size else 0.0
     if lmin < -atol:
-        raise ValueError(f"{what}: not positive semi-definite (smallest eigenvalue {lmin:.3g}, tol {atol:g})")
+        raise ValueError(f"{what}: not positive semi-definite (negative eigenvalue {lmin:.3g}, tol {atol:g})")
 
 
 def _real_vjp(fn, params, x):
