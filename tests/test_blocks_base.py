@@ -30,13 +30,18 @@ def test_layer_batch_per_example_grads_are_jax_per_example_gradients(problem):
     n-th example's NLL (float32 network: rtol 1e-5)."""
     net, params, x, y = problem
     opt = KFAC(net, estimator="empirical")
-    lin = opt._linearize_batch(params, x, y)
-    batches = opt._layer_batches(lin, jax.random.PRNGKey(0))
+
+    @jax.jit
+    def stage_2(p):
+        batches = opt._layer_batches(opt._linearize_batch(p, x, y), jax.random.PRNGKey(0))
+        return {k: b.per_example_grads() for k, b in batches.items()}, batches["layer00"].inputs
+
+    got, inputs = stage_2(params)
     want = jax.vmap(lambda xi, yi: jax.grad(lambda p: net.loss(p, xi[None], yi[None]))(params))(x, y)
     for k in params:
-        np.testing.assert_allclose(batches[k].per_example_grads(), want[k], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="preact_grads"):
-        LayerBatch(batches["layer00"].inputs, None).per_example_grads()
+        LayerBatch(inputs, None).per_example_grads()
 
 
 def test_mixed_blocks_per_layer(problem):

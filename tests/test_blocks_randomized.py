@@ -23,14 +23,21 @@ def test_full_rank_equals_kfac_tikhonov():
     rng = np.random.default_rng(0)
     batch, shape = _batch(rng), (6, 4)
     rs, kf = RandomizedKroneckerBlock(shape, rank=6), KroneckerBlock(shape)
-    s_rs, s_kf = rs.update(rs.init(), batch, 0.0), kf.update(kf.init(), batch, 0.0)
     grad = jnp.asarray(rng.standard_normal(shape))
-    s_rs, c_rs = rs.refresh(s_rs, 0.3)
-    s_kf, c_kf = kf.refresh(s_kf, 0.3)
-    np.testing.assert_allclose(rs.apply_inverse(s_rs, c_rs, grad, 0.3), kf.apply_inverse(s_kf, c_kf, grad, 0.3),
-                               rtol=1e-9, atol=1e-12)
+
+    @jax.jit
+    def both(batch, grad):
+        out = []
+        for blk in (rs, kf):
+            stats, cache = blk.refresh(blk.update(blk.init(), batch, 0.0), 0.3)
+            out.append(blk.apply_inverse(stats, cache, grad, 0.3))
+        return out
+
+    got, want = both(batch, grad)
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_low_rank_inverse_is_dense_damped_inverse_and_within_halko_bound():
     """r < d: the applied inverse equals (U D Uᵀ + γ_A I)⁻¹ ∇W (U' D' U'ᵀ + γ_G I)⁻¹ from dense
     ``np.linalg.solve`` on the block's own factors, and ‖A − U D Uᵀ‖₂ lies within the
@@ -50,6 +57,14 @@ def test_low_rank_inverse_is_dense_damped_inverse_and_within_halko_bound():
     assert lam[4] * (1 - 1e-9) <= err <= bound
 
 
+def test_settings_validated():
+    with pytest.raises(ValueError, match="rank"):
+        RandomizedKroneckerBlock((3, 2), rank=0)
+    with pytest.raises(ValueError, match="power_iters"):
+        rs_kfac(mlp([2, 2]), power_iters=-1)
+
+
+@pytest.mark.slow
 def test_rs_kfac_smoke():
     net = mlp([6, 12, 3], "tanh", "categorical")
     params = net.init(jax.random.PRNGKey(2))
@@ -61,5 +76,3 @@ def test_rs_kfac_smoke():
     for _ in range(30):
         p, s, _ = opt.step(p, s, (x, y))
     assert float(net.loss(p, x, y)) < 0.5 * loss0
-    with pytest.raises(ValueError, match="rank"):
-        rs_kfac(net, rank=0)
