@@ -58,7 +58,7 @@ def init_params(key, sizes, dtype=jnp.float32, bias=0.1):
     keys = iter(jax.random.split(key, 2 * len(sizes)))
 
     def mat(n_in, n_out):
-        w = jax.random.normal(next(keys), (n_in, n_out), dtype) * np.sqrt(2.0 / (n_in + n_out))
+        w = jax.random.normal(next(keys), (n_in, n_out), dtype) * float(np.sqrt(2.0 / (n_in + n_out)))
         return jnp.concatenate([w, jnp.full((1, n_out), bias, dtype)], axis=0)
 
     gen = [jnp.full((1, sizes[-1]), bias, dtype)]
