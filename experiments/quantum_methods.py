@@ -72,7 +72,7 @@ def _compiled(problem: Problem, name: str):
 def method(problem: Problem, name: str, lr: float) -> Method:
     """Method ``name`` at step size ``lr`` on ``problem`` in the harness's shape (state =
     (params, optimizer state))."""
-    QUANTUM[name]
+    QUANTUM[name]  # a ValueError naming the known methods for an unknown one
     if not np.isfinite(lr) or lr <= 0:
         raise ValueError(f"step size must be a finite number > 0, got {lr}")
     transform, jitted, evals = _compiled(problem, name)
