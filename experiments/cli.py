@@ -21,6 +21,10 @@ COMMANDS = {
     "bench-metrics": ("experiments.bench_metrics", "BKM metric vs relative-entropy Hessian timing"),
     "bench-simulator": ("experiments.bench_simulator", "VQT loss+gradient: ours vs a jitted PennyLane QNode"),
     "bench-kfac": ("experiments.bench_kfac", "ms per step: K-FAC vs kfac-jax vs optax"),
+    "bench-gpu": ("experiments.bench_gpu", "GPU: VQT vs PennyLane, structured BKM, K-FAC vs SGD/kfac-jax (refuses without a GPU)"),
+    "spectra": ("experiments.spectra", "Lanczos/SLQ spectra of batch Hessian and GGN vs batch size; CG vs Nyström-PCG"),
+    "nrws": ("experiments.nrws", "Helmholtz machines on binarized MNIST: WS, RWS (SGD, Adam), natural RWS"),
+    "qbvi": ("experiments.qbvi", "Gaussian VI: QBVI vs black-box and reparameterization VI on sklearn data"),
 }
 
 
