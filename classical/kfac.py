@@ -338,13 +338,11 @@ class KFAC:
         Fisher) runs only if a block needs them."""
         dist, n = self.model.output, lin.ct.shape[0]
         g = None
-        if not self.curvature.needs_preact_grads:
-            pass
-        elif self.estimator == "fisher":
+        if self.curvature.needs_preact_grads and self.estimator == "fisher":
             ys = dist.sample(key, jax.lax.stop_gradient(lin.out))
             g = lin.vjp(jax.grad(lambda o: jnp.sum(dist.nll(o, ys)))(lin.out))[1]
-        else:
-            g = jax.tree_util.tree_map(lambda t: t * n, lin.vjp(lin.ct[:lin.out.shape[0]])[1])
+        elif self.curvature.needs_preact_grads:  # empirical: the data cotangent, per example
+            g = otu.tree_scale(n, lin.vjp(lin.ct[:lin.out.shape[0]])[1])
         return {k: LayerBatch(v, None if g is None else g[k]) for k, v in lin.inputs.items()}
 
     def _update_statistics(self, state: KFACState, lin: Linearization, key, ok):
