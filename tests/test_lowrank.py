@@ -117,3 +117,16 @@ def test_lowrank_bad_inputs():
         win.mv(jnp.ones(4))
     with pytest.raises(ValueError, match="leading"):
         mfac({"a": jnp.ones((3, 2)), "b": jnp.ones((4, 2))}, {"a": jnp.ones(2), "b": jnp.ones(2)})
+
+
+def test_lowrank_factorization_spectrum_ends():
+    """LowRankPlusDiagonal.factorize() is itself (no or scalar diagonal): extremal eigenvalues
+    against eigvalsh of dense(), including the complement's eigenvalue d (or 0)."""
+    u, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((6, 2)))
+    for d in (None, 0.3):
+        m = LowRankPlusDiagonal(jnp.asarray(u), jnp.asarray([2.0, 0.5]), jnp.zeros(6), d)
+        assert m.factorize() is m
+        eig = np.linalg.eigvalsh(np.asarray(m.dense()))
+        np.testing.assert_allclose([m.min_eigenvalue(), m.max_eigenvalue()], [eig[0], eig[-1]], atol=1e-12)
+    full = LowRankPlusDiagonal(jnp.asarray(u), jnp.asarray([2.0, 0.5]), jnp.zeros(6), jnp.arange(6.0))
+    np.testing.assert_allclose(full.factorize().dense(), full.dense(), atol=1e-12)

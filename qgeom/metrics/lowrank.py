@@ -61,6 +61,27 @@ class LowRankPlusDiagonal(Metric):
             g = g + jnp.diag(jnp.broadcast_to(self.d, (self.U.shape[0],)))
         return g
 
+    def _scalar_shift(self):
+        return self.d is None or jnp.ndim(self.d) == 0
+
+    def factorize(self):
+        """Itself when the diagonal is absent or a scalar (its ``solve`` is exact for any λ and its
+        spectrum is {s + d} ∪ {d}); otherwise the dense ``EighFactorization``."""
+        return self if self._scalar_shift() else Metric.factorize(self)
+
+    def _spectrum_ends(self):
+        shift = 0.0 if self.d is None else self.d
+        lo, hi = jnp.min(self.s) + shift, jnp.max(self.s) + shift
+        if self.U.shape[1] < self.U.shape[0]:  # the complement of range U carries eigenvalue d
+            lo, hi = jnp.minimum(lo, shift), jnp.maximum(hi, shift)
+        return lo, hi
+
+    def min_eigenvalue(self):
+        return self._spectrum_ends()[0]
+
+    def max_eigenvalue(self):
+        return self._spectrum_ends()[1]
+
     def solve(self, v, damping=0.0):
         check_damping(damping)
         flat, unravel = self._flat(v)
