@@ -72,7 +72,7 @@ def _power_qr(stats, bases, nu):
         if q is None:
             out.append(None)
             continue
-        order = jnp.argsort(-jnp.einsum("ij,ik,kj->j", q, s, q))
+        order = jnp.argsort(-jnp.sum(q * (s @ q), axis=0))  # diag(QᵀSQ)
         nu = jnp.take(nu, order, axis=i)
         out.append(jnp.linalg.qr(s @ q[:, order])[0])
     return tuple(out), nu
