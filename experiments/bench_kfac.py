@@ -10,7 +10,13 @@ Contenders (one process, float32, same network, same batches):
   and statistics every ``--sub-stats-period`` steps (default 2): a setting kfac-jax cannot
   express (it has no curvature sub-batch), so not part of the equal-settings comparison;
 * ``kfac-jax-fixed`` / ``kfac-jax-adaptive`` — kfac-jax with the same settings
-  (skipped when kfac-jax is not installed).
+  (skipped when kfac-jax is not installed);
+* when named (``--methods``, comma- or space-separated) or with ``--full``: ``ekfac``,
+  ``kfac-tridiag``, ``rs-kfac``, ``kld-wrm``, ``tnt``, ``mbf``, ``shampoo``, ``soap``, ``mfac`` —
+  the autoencoder study's own registry entries (``experiments.kfac_autoencoder.METHODS``) at
+  their untuned (middle) grid point, the curvature family's inverse period set to
+  ``--inverse-period``; optax ones as bare steps like ``sgd``. ``sgd`` always runs (the ratios'
+  base); ``--methods`` picks the contenders exactly, ``--full`` runs them all.
 
 K-FAC settings shared by both implementations: inverse period 20, curvature EMA 0.95,
 statistics every step, damping interval 5, no burn-in, optimizer state donated to the step
@@ -56,12 +62,33 @@ from classical.data import batch_indices, load_mnist
 from experiments import classical_methods as cm
 from experiments import kfac_flops as kflops
 from experiments.classical_problems import autoencoder_problem
+from experiments.harness.cli import methods_type
 from experiments.harness.methods import kfac_shaped_method, optax_method, tree_copy
+
+BASE = ("sgd", "adam", "kfac-fixed", "kfac-adaptive", "kfac-fixed-sub", "kfac-adaptive-sub", "kfac-jax-fixed",
+        "kfac-jax-adaptive")
+FAMILY = ("ekfac", "kfac-tridiag", "rs-kfac", "kld-wrm", "shampoo", "soap", "tnt", "mbf", "mfac")
+
+
+def family_contender(name, problem, inverse_period):
+    """``name`` from the autoencoder study's registry at its middle grid point, as a ``Method``."""
+    from experiments.harness import as_method
+    from experiments.kfac_autoencoder import METHODS
+
+    spec = METHODS[name]
+    point = dict(spec.grid[len(spec.grid) // 2])
+    if name not in ("shampoo", "soap", "mfac"):
+        point["inverse_period"] = inverse_period
+    built = spec.make(point, problem=problem, seed=0)
+    if isinstance(built, optax.GradientTransformation):
+        return optax_method(problem.loss, built, check_finite=False)
+    return as_method(built, problem.loss)
 
 
 def build(args, problem, batches) -> dict:
     """The contenders as harness ``Method``s, built by the studies' own builders
-    (``experiments.classical_methods``): optax bare steps, our K-FAC, kfac-jax."""
+    (``experiments.classical_methods``, ``experiments.classical_family``): optax bare steps, our
+    K-FAC, kfac-jax and the family named in ``args.methods``."""
     period, k = args.inverse_period, args.stats_period
     shared = dict(damping=args.damping, inverse_period=period, damping_interval=5, ema=0.95)
     fixed = dict(lr=args.lr, momentum=args.momentum, adapt_damping=False)
@@ -82,7 +109,10 @@ def build(args, problem, batches) -> dict:
         for name, adaptive in (("kfac-jax-fixed", False), ("kfac-jax-adaptive", True)):
             out[name] = cm.kfac_jax(problem, args.damping, adaptive, args.lr, args.momentum, damping_interval=5,
                                     inverse_period=period, burnin=0, ema=0.95, stats_period=k)
-    return out
+    for name in FAMILY:
+        if name in args.methods:
+            out[name] = family_contender(name, problem, period)
+    return {name: method for name, method in out.items() if name in args.methods}
 
 
 def run(args):
@@ -154,21 +184,23 @@ def report(times, args) -> dict:
     for name, r in rows.items():
         print(f"{name:18s} {r['median_ms']:10.1f} {r['mean_ms']:9.1f} {r['inverse_step_ms']:13.1f} "
               f"{r['other_step_ms']:11.1f} {r['median_ms'] / sgd:6.2f}")
-    ratios = {"kfac_fixed_vs_sgd": rows["kfac-fixed"]["median_ms"] / sgd,
-              "kfac_adaptive_vs_sgd": rows["kfac-adaptive"]["median_ms"] / sgd}
+    ratios = {f"{name.replace('-', '_')}_vs_sgd": rows[name]["median_ms"] / sgd
+              for name in ("kfac-fixed", "kfac-adaptive", *FAMILY) if name in rows}
     if "kfac-jax-adaptive" in rows:
         ratios["kfac_adaptive_vs_kfac_jax_adaptive"] = rows["kfac-adaptive"]["median_ms"] / rows["kfac-jax-adaptive"]["median_ms"]
         ratios["kfac_fixed_vs_kfac_jax_fixed"] = rows["kfac-fixed"]["median_ms"] / rows["kfac-jax-fixed"]["median_ms"]
         ratios["kfac_jax_adaptive_vs_sgd"] = rows["kfac-jax-adaptive"]["median_ms"] / sgd
         ratios["kfac_jax_fixed_vs_sgd"] = rows["kfac-jax-fixed"]["median_ms"] / sgd
+    floors = flop_floors(args, rows)
+    print("\n" + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
+    if "kfac-fixed" not in rows:
+        return {"rows": rows, "ratios": ratios, "load": load, "flop_floors": floors}
     vs_sgd = ratios["kfac_fixed_vs_sgd"]
     if "kfac-fixed-sub" in rows:
         vs_sgd = ratios["kfac_fixed_sub_vs_sgd"] = rows["kfac-fixed-sub"]["median_ms"] / sgd
         if "kfac-jax-adaptive" in rows:
             ratios["kfac_adaptive_sub_vs_kfac_jax_adaptive"] = (rows["kfac-adaptive-sub"]["median_ms"]
                                                                 / rows["kfac-jax-adaptive"]["median_ms"])
-    floors = flop_floors(args, rows)
-    print("\n" + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
     vs_jax = ratios.get("kfac_adaptive_vs_kfac_jax_adaptive", float("nan"))
     print("kfac_step_vs_kfac_jax: adaptive vs adaptive, equal settings (statistics on the whole batch); "
           + (f"kfac_step_vs_sgd: kfac-fixed-sub, factor statistics on {args.curvature_batch_size} of the "
@@ -201,6 +233,8 @@ def flop_floors(args, rows) -> dict:
           f"throughput ({out['sgd_gflops']:.0f} GFLOP/s):")
     print(f"{'contender':18s} {'GMAC':>6s} {'floor x SGD':>12s} {'measured x SGD':>15s} {'floor/measured':>15s}")
     for name, r in rows.items():
+        if name in FAMILY:  # no cost model for the family (experiments.kfac_flops covers SGD and K-FAC)
+            continue
         macs = _contender_cost(name, args, shapes).total
         floor = macs / sgd_macs
         out[name] = {"gmac": macs / 1e9, "floor_vs_sgd": floor, "floor_over_measured": floor * sgd_ms / r["median_ms"]}
@@ -254,8 +288,17 @@ def main(argv=None):
     ap.add_argument("--sub-stats-period", type=int, default=2,
                     help="factor statistics every k steps for the two -sub contenders (default 2)")
     ap.add_argument("--no-kfac-jax", action="store_true", help="skip kfac-jax even if installed")
+    ap.add_argument("--methods", type=methods_type, nargs="+",
+                    help=f"contenders to time (sgd always): any of {', '.join(BASE + FAMILY)}")
+    ap.add_argument("--full", action="store_true", help="every contender, the K-FAC family included")
     ap.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
+    chosen = [m for group in args.methods for m in group] if args.methods else list(BASE + FAMILY if args.full
+                                                                                   else BASE)
+    bad = sorted(set(chosen) - set(BASE + FAMILY))
+    if bad:
+        raise ValueError(f"unknown contenders {bad}; choose from {list(BASE + FAMILY)}")
+    args.methods = ["sgd"] + [m for m in dict.fromkeys(chosen) if m != "sgd"]
     if not 0 <= args.curvature_batch_size <= args.batch_size:
         raise ValueError("--curvature-batch-size must be in [0, --batch-size]")
     for name in ("stats_period", "sub_stats_period"):

@@ -37,11 +37,12 @@ _OURS_ARGS = {"lr": "learning_rate", "momentum": "momentum", "damping": "damping
               "inverse": "inverse", "curvature_batch_size": "curvature_batch_size", "stats_period": "stats_period"}
 
 
-def _ours(cls, problem: Problem, seed: int, hp: dict):
-    unknown = set(hp) - set(_OURS_ARGS)
+def build_ours(cls, problem: Problem, seed: int, hp: dict, extra=()):
+    """``cls(problem.net, ...)`` with ``hp`` renamed by ``_OURS_ARGS``; names in ``extra`` pass as is."""
+    unknown = set(hp) - set(_OURS_ARGS) - set(extra)
     if unknown:
-        raise ValueError(f"unknown hyper-parameters {sorted(unknown)}; known: {sorted(_OURS_ARGS)}")
-    kwargs = {_OURS_ARGS[k]: v for k, v in hp.items()}
+        raise ValueError(f"unknown hyper-parameters {sorted(unknown)}; known: {sorted(_OURS_ARGS) + list(extra)}")
+    kwargs = {_OURS_ARGS.get(k, k): v for k, v in hp.items()}
     kwargs.setdefault("min_damping", 1e-5)
     kwargs.setdefault("max_damping", 1000.0)
     return cls(problem.net, l2_reg=problem.l2, seed=seed, donate_state=True, **kwargs)  # donated, as kfac-jax
@@ -53,7 +54,7 @@ def kfac(problem: Problem, seed: int = 0, **hp):
     sampling. A step whose objective is not finite is undone by the optimizer (it raises λ)."""
     from classical.kfac import KFAC
 
-    return _ours(KFAC, problem, seed, hp)
+    return build_ours(KFAC, problem, seed, hp)
 
 
 def kfac_sub(problem: Problem, seed: int = 0, **hp):
@@ -65,7 +66,7 @@ def foof(problem: Problem, seed: int = 0, **hp):
     """Our FOOF (the A factor only); needs ``lr`` (momentum 0.9 by default, fixed damping)."""
     from classical.foof import FOOF
 
-    return _ours(FOOF, problem, seed, hp)
+    return build_ours(FOOF, problem, seed, hp)
 
 
 def kfac_jax(problem: Problem, damping, adaptive=True, lr=None, momentum=None, damping_interval=5,
