@@ -18,6 +18,7 @@ COMMANDS = {
     "sequence": ("experiments.sequence", "geometric-locality sequences: warm vs cold starts"),
     "kfac": ("experiments.kfac_autoencoder", "MNIST deep autoencoder: K-FAC, FOOF, SGD, Adam, kfac-jax"),
     "kfac-classifier": ("experiments.kfac_classifier", "MNIST MLP / conv classifier with K-FAC and baselines"),
+    "relu-autoencoder": ("experiments.relu_autoencoder", "MNIST ReLU autoencoder (Goldfarb-group protocol): TNT, MBF, Shampoo, ..."),
     "bench-metrics": ("experiments.bench_metrics", "BKM metric vs relative-entropy Hessian timing"),
     "bench-simulator": ("experiments.bench_simulator", "VQT loss+gradient: ours vs a jitted PennyLane QNode"),
     "bench-kfac": ("experiments.bench_kfac", "ms per step: K-FAC vs kfac-jax vs optax"),
