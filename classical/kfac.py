@@ -51,7 +51,7 @@ CPU note: the inverse refresh runs LAPACK (Cholesky) beside XLA's own threads; w
 multi-threaded OpenBLAS (jaxlib uses scipy's) the two oversubscribe the cores and that step
 was measured 3–30× slower on 2 cores. Limit BLAS to one thread
 (``threadpoolctl.threadpool_limits(1, "blas")`` after ``import scipy.linalg``, or
-``OPENBLAS_NUM_THREADS=1``); the studies do (``experiments.kfac_common.single_threaded_blas``).
+``OPENBLAS_NUM_THREADS=1``); the studies do (``experiments.classical_methods.single_threaded_blas``).
 """
 
 from __future__ import annotations

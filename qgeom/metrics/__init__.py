@@ -11,6 +11,7 @@ from qgeom.metrics.fisher import (
     fisher_monte_carlo,
     ggn_gaussian,
 )
+from qgeom.metrics.gaussian import GaussianFisher, GaussianFisherDiag, gaussian_fisher
 from qgeom.metrics.kronecker import (
     KroneckerFactored,
     KroneckerInverse,
@@ -24,6 +25,7 @@ from qgeom.metrics.lowrank import (
     nystrom,
 )
 from qgeom.metrics.qhbm import qhbm_bkm, qhbm_bkm_sampled, qhbm_fubini_study
+from qgeom.metrics.qhbm_lowrank import circuit_bkm_mv, qhbm_bkm_nystrom
 from qgeom.metrics.quantum import (
     FubiniStudy,
     PetzMetric,
@@ -61,6 +63,12 @@ __all__ = [
     "qhbm_bkm",
     "qhbm_bkm_sampled",
     "qhbm_fubini_study",
+    "circuit_bkm_mv",
+    "qhbm_bkm_nystrom",
+    # Gaussian family (closed-form Fisher in (mean, covariance) coordinates)
+    "gaussian_fisher",
+    "GaussianFisher",
+    "GaussianFisherDiag",
     # Kronecker-factored
     "KroneckerFactored",
     "KroneckerInverse",

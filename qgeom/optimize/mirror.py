@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from qgeom.optimize._checks import check_alpha, check_count, check_positive
-from qgeom.optimize.natural import _all_finite
+from qgeom.optimize.damping import all_finite
 from qgeom.quantum.qhbm import PreparedObservable
 
 
@@ -152,7 +152,7 @@ def mirror_descent(divergence, learning_rate=0.1, alpha=0.5, inner_steps=100, in
 
         xi, _ = jax.lax.fori_loop(0, inner_steps, body, (start, inner_optimizer.init(start)))
         updates = jax.tree_util.tree_map(lambda a, b: a - b, xi, start)
-        finite = _all_finite(updates)
+        finite = all_finite(updates)
         updates = jax.tree_util.tree_map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
         return updates, MirrorDescentState(state.count + 1, state.rejected + (~finite).astype(jnp.int32))
 

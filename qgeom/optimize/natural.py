@@ -44,7 +44,6 @@ from qgeom.optimize.damping import (
 )
 
 EighMetric = EighFactorization  # the name under which qgeom.optimize exported it
-_all_finite = all_finite  # imported under this name by qgeom.optimize.mirror
 
 
 class NaturalGradientState(NamedTuple):

@@ -32,10 +32,7 @@ import numpy as np
 import optax
 
 from qgeom.optimize._checks import check_count
-
-
-def _all_finite(*trees):
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]))
+from qgeom.optimize.damping import all_finite
 
 
 @dataclasses.dataclass
@@ -173,7 +170,7 @@ def make_step(loss, optimizer):
         value, grads = jax.value_and_grad(loss)(params, *data)
         updates, state = optimizer.update(grads, state, params, value=value)
         new = optax.apply_updates(params, updates)
-        ok = jnp.isfinite(value) & _all_finite(grads, new)
+        ok = jnp.isfinite(value) & all_finite(grads, new)
         return new, state, value, ok
 
     return jax.jit(step)
