@@ -22,8 +22,9 @@ untuned run diverge here; their lr 0.01·(1 − 0.9) = 1e-3 is a grid point), ``
 authors' lr 1e-4, ε 0.1 at batch 1000 in our units), ``mbf`` (fixed lr, momentum 0.9,
 damping 1, mini-blocks of 16 rows; the paper's settings were not available), ``hessian-free``
 (damping grid around the module's 1, at most 50 CG iterations per step), ``shampoo``,
-``soap`` (its reference lr 3e-3 in the middle), ``mfac`` (a window of 32 gradients, the
-authors' lr 1e-3 in the middle).
+``soap`` (its reference lr 3e-3 in the middle), ``mfac`` (a window of 32 gradients; its
+step along a window gradient g is m·g/‖g‖², so with this summed-pixel loss the authors' lr 1e-3
+barely moves (549.17 → 549.08 in 15 steps); the grid sits around 1).
 
 Every method gets the same tuning budget: the four grid points of its ``METHODS`` entry (initial
 damping for the adaptive K-FACs, learning rate for the others), run on seed 0 for
@@ -74,7 +75,7 @@ METHODS = Registry(
         "mbf": _grid("lr", (1e-3, 3e-3, 0.01, 0.03), momentum=0.9, damping=1.0, adapt_damping=False),
         "hessian-free": _grid("damping", (0.01, 0.1, 1.0, 10.0), cg_maxiter=50),
         "shampoo": _grid("lr", (3e-4, 1e-3, 3e-3, 1e-2)), "soap": _grid("lr", (3e-4, 1e-3, 3e-3, 1e-2)),
-        "mfac": _grid("lr", (1e-4, 3e-4, 1e-3, 3e-3), num_grads=32)}),
+        "mfac": _grid("lr", (0.1, 0.3, 1.0, 3.0), num_grads=32)}),
 )
 BASE = ["kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax"]  # the quick default (`make run`)
 

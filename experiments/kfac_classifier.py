@@ -59,7 +59,7 @@ METHODS = Registry(
         "mbf": _grid("lr", (0.01, 0.03, 0.1), momentum=0.9, damping=1.0, adapt_damping=False),
         "hessian-free": _grid("damping", (0.1, 1.0, 10.0), cg_maxiter=50),
         "shampoo": _grid("lr", (3e-3, 0.01, 0.03)), "soap": _grid("lr", (1e-3, 3e-3, 0.01)),
-        "mfac": _grid("lr", (3e-4, 1e-3, 3e-3), num_grads=32)}),
+        "mfac": _grid("lr", (1e-3, 0.01, 0.1), num_grads=32)}),
 )
 BASE = ["kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax"]  # the quick default
 
