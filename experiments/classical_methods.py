@@ -6,6 +6,8 @@ momentum schedule; ``adam`` — optax Adam; ``kfac`` / ``foof`` — ours (``clas
 ``classical.foof.FOOF``; ``kfac-sub`` is K-FAC with its curvature from the first quarter of
 each batch); ``kfac_jax`` — DeepMind's kfac-jax (a reference, only if installed).
 Grid points are dicts of hyper-parameters (``lr``, ``damping``, ...), stored as such.
+The rest of the K-FAC family and the gradient-only preconditioners (EKFAC, RS-KFAC, TNT, MBF,
+Shampoo, SOAP, M-FAC, ...) are built in ``experiments.classical_family`` on ``build_ours``.
 """
 
 from __future__ import annotations
