@@ -38,10 +38,10 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from classical.fused import FusedStepOptimizer
 from qgeom.spectral import nystrom_preconditioner, pcg
 
 F32 = jnp.float32
-_tmap = jax.tree_util.tree_map
 
 
 class HFState(NamedTuple):
@@ -70,7 +70,7 @@ def _count(name, value):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-class HessianFree:
+class HessianFree(FusedStepOptimizer):
     """Hessian-free (truncated-Newton with Gauss–Newton products) optimizer.
 
     Args:
@@ -135,7 +135,7 @@ class HessianFree:
         self.nystrom_rank, self.reject_uphill = int(nystrom_rank), bool(reject_uphill)
         self.reject_damping_factor, self.seed = float(reject_damping_factor), seed
         self._step_jit = jax.jit(self._fused)
-        self._update_jit = jax.jit(self._core)
+        self._update_core = jax.jit(self._core)  # the optax path, jitted separately
 
     # ------------------------------------------------------------------ state
     def init(self, params) -> HFState:
@@ -150,37 +150,6 @@ class HessianFree:
                 "rejected": jnp.asarray(False)}
         return HFState(step=jnp.zeros((), jnp.int32), damping=jnp.asarray(self.damping, F32),
                        direction=jnp.zeros_like(flat), key=jax.random.PRNGKey(self.seed), info=info)
-
-    # ------------------------------------------------------------- interfaces
-    def step(self, params, state: HFState, batch):
-        """One step on ``batch = (x, y)``: returns (new_params, new_state, info)."""
-        x, y = self._check(params, batch)
-        return self._step_jit(params, state, x, y)
-
-    def update(self, updates, state: HFState, params=None, *, batch, **extra_args):
-        """optax update: ``updates`` is the gradient of the mean NLL; returns (HF updates, state)."""
-        del extra_args
-        if params is None:
-            raise ValueError("HF's update needs params (call tx.update(grads, state, params, batch=...))")
-        x, y = self._check(params, batch)
-        self.model.check_params(updates)
-        return self._update_jit(params, state, x, y, updates)
-
-    def gradient_transformation(self) -> optax.GradientTransformationExtraArgs:
-        """This optimizer as an optax transformation: ``update(grads, state, params, batch=(x, y))``."""
-        return optax.GradientTransformationExtraArgs(self.init, self.update)
-
-    def _check(self, params, batch):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError("batch must be a pair (x, y)")
-        x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-        self.model.check_params(params)
-        self.model.check_batch(x, y)
-        return x, y
-
-    def _fused(self, params, state, x, y):
-        delta, state = self._core(params, state, x, y, None)
-        return _tmap(jnp.add, params, delta), state, state.info
 
     # ------------------------------------------------------------------- core
     def ggn_mv(self, params, x):

@@ -67,6 +67,7 @@ from optax import tree_utils as otu
 
 from classical.blocks.base import LayerBatch, Layerwise, input_factor, output_factor
 from classical.blocks.kronecker import KroneckerBlock
+from classical.fused import FusedStepOptimizer
 from qgeom.optimize.damping import all_finite, levenberg_marquardt, rejected_damping
 
 __all__ = ["KFAC", "KFACState", "kfac", "input_factor", "output_factor"]
@@ -137,7 +138,7 @@ def _period(name, value):
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-class KFAC:
+class KFAC(FusedStepOptimizer):
     """K-FAC optimizer for a model with tapped layers (``classical.models.Network`` or a
     traced Flax/Equinox MLP from ``classical.tracing``).
 
@@ -264,42 +265,6 @@ class KFAC:
     def metric(self, state: KFACState):
         """The current curvature as a ``qgeom.metrics`` metric (block-diagonal ⊕ A ⊗ G for K-FAC)."""
         return self.curvature.metric(state.stats)
-
-    # ------------------------------------------------------------- interfaces
-    def step(self, params, state: KFACState, batch):
-        """One fused step on ``batch = (x, y)``: returns (new_params, new_state, info).
-
-        With ``donate_state=True`` the ``state`` argument's buffers are reused: continue with
-        the returned state only.
-        """
-        x, y = self._check(params, batch)
-        return self._step_jit(params, state, x, y)
-
-    def update(self, updates, state: KFACState, params=None, *, batch, **extra_args):
-        """optax update: ``updates`` is the gradient of the mean NLL; returns (updates, state)."""
-        del extra_args
-        if params is None:
-            raise ValueError(f"{type(self).__name__}'s update needs params (call tx.update(grads, state, "
-                             "params, batch=...))")
-        x, y = self._check(params, batch)
-        self.model.check_params(updates)
-        return self._core(params, state, x, y, updates)
-
-    def gradient_transformation(self) -> optax.GradientTransformationExtraArgs:
-        """This optimizer as an optax transformation: ``update(grads, state, params, batch=(x, y))``."""
-        return optax.GradientTransformationExtraArgs(self.init, self.update)
-
-    def _check(self, params, batch):
-        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-            raise ValueError("batch must be a pair (x, y)")
-        x, y = jnp.asarray(batch[0]), jnp.asarray(batch[1])
-        self.model.check_params(params)
-        self.model.check_batch(x, y)
-        return x, y
-
-    def _fused(self, params, state, x, y):
-        delta, state = self._core(params, state, x, y, None)
-        return otu.tree_add(params, delta), state, state.info
 
     # ----------------------------------------------------------------- stages
     def _objective(self, params, x, y):
