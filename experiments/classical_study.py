@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -277,3 +278,16 @@ def mnist(config: dict):
     if config["train_size"] > len(data.x_train) or config["eval_size"] > len(data.x_test):
         raise ValueError(f"MNIST has {len(data.x_train)} train / {len(data.x_test)} test images")
     return data
+
+
+def autoencoder_setup(config: dict, registry, name: str) -> tuple[dict, dict]:
+    """The autoencoder studies' checked config and data: the first ``train_size`` MNIST images
+    as (x, x), and ``eval_size`` train / test images for the evaluations."""
+    config = check_config(config, registry)
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    data = mnist(config)
+    x = data.x_train[: config["train_size"]]
+    ev_tr, ev_te = x[: config["eval_size"]], data.x_test[: config["eval_size"]]
+    print(f"{name}: {config['train_size']} images, batch {config['batch_size']}, {config['steps']} steps, "
+          f"{config['seeds']} seed(s), methods {config['methods']}, tuning {config['tune_steps']} steps/grid point")
+    return config, {"train": (x, x), "eval_train": (ev_tr, ev_tr), "eval_test": (ev_te, ev_te)}

@@ -43,8 +43,6 @@ per-run checkpoints make an interrupted study resume where it stopped.
 
 from __future__ import annotations
 
-import warnings
-
 from experiments import classical_family as cf
 from experiments import classical_methods as cm
 from experiments import classical_study as cs
@@ -87,14 +85,7 @@ FULL = dict(DEFAULT, methods=list(METHODS), train_size=20000, batch_size=250, st
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, registry: Registry = METHODS):
     """The study of ``config`` (keys of ``DEFAULT``) into ``outdir``; returns the results dict."""
-    config = cs.check_config(config, registry)
-    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    mnist = cs.mnist(config)
-    x = mnist.x_train[: config["train_size"]]
-    ev_tr, ev_te = x[: config["eval_size"]], mnist.x_test[: config["eval_size"]]
-    data = {"train": (x, x), "eval_train": (ev_tr, ev_tr), "eval_test": (ev_te, ev_te)}
-    print(f"MNIST autoencoder: {config['train_size']} images, batch {config['batch_size']}, {config['steps']} steps, "
-          f"{config['seeds']} seed(s), methods {config['methods']}, tuning {config['tune_steps']} steps/grid point")
+    config, data = cs.autoencoder_setup(config, registry, "MNIST autoencoder")
     return cs.run_study(autoencoder_problem(), registry, data, config, outdir, progress=progress, fresh=fresh,
                         error_label="test reconstruction error (squared, per image)", title="MNIST deep autoencoder")
 

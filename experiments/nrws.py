@@ -25,7 +25,6 @@ from classical.data import load_mnist
 from classical.helmholtz import HelmholtzMachine, log_likelihood
 from experiments.harness import Method, MethodSpec, Registry, train
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 from experiments.harness.report import markdown_table, save_panels
 from experiments.harness.store import atomic_write_json, atomic_write_text
 
@@ -137,10 +136,7 @@ def _flags(parser) -> None:
 
 
 STUDY = Study("nrws", __doc__, run_study, DEFAULT, FULL, _flags, lambda s: [s["verdict"], f"plot: {s['plot']}"])
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import qgeom  # noqa: F401  (float64)
 from classical.vi import BBVI, QBVI, ReparamVI, kl_to_prior
 from experiments.harness import Method, MethodSpec, Registry, train
 from experiments.harness.cli import Study
-from experiments.harness.cli import main as cli_main
 from experiments.harness.report import markdown_table, save_panels
 from experiments.harness.store import atomic_write_json, atomic_write_text
 
@@ -220,10 +219,7 @@ def _flags(parser) -> None:
 
 
 STUDY = Study("qbvi", __doc__, run_study, DEFAULT, FULL, _flags, lambda s: [s["verdict"], f"plot: {s['plot']}"])
-
-
-def main(argv=None) -> int:
-    return cli_main(STUDY, argv)
+main = STUDY.main
 
 
 if __name__ == "__main__":

@@ -39,8 +39,6 @@ runs (500 s on their GPU, ``REFERENCE``). Output ``results/relu_autoencoder/``
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from classical import models
@@ -129,14 +127,7 @@ def comparison_table(comp: dict) -> str:
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, registry: Registry = METHODS):
     """The study of ``config`` (keys of ``DEFAULT``) into ``outdir``; returns the results dict."""
-    config = cs.check_config(config, registry)
-    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    mnist = cs.mnist(config)
-    x = mnist.x_train[: config["train_size"]]
-    ev_tr, ev_te = x[: config["eval_size"]], mnist.x_test[: config["eval_size"]]
-    data = {"train": (x, x), "eval_train": (ev_tr, ev_tr), "eval_test": (ev_te, ev_te)}
-    print(f"MNIST ReLU autoencoder: {config['train_size']} images, batch {config['batch_size']}, "
-          f"{config['steps']} steps, methods {config['methods']}, tuning {config['tune_steps']} steps/grid point")
+    config, data = cs.autoencoder_setup(config, registry, "MNIST ReLU autoencoder")
     results = cs.run_study(relu_autoencoder_problem(), registry, data, config, outdir, progress=progress, fresh=fresh,
                            error_label="test reconstruction error (squared, per image)",
                            title="MNIST ReLU autoencoder (Goldfarb-group protocol)")
