@@ -39,6 +39,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from classical.fused import FusedStepOptimizer
+from qgeom.optimize._checks import check_count, check_positive
 from qgeom.spectral import nystrom_preconditioner, pcg
 
 F32 = jnp.float32
@@ -52,22 +53,6 @@ class HFState(NamedTuple):
     direction: jax.Array  # the last CG solution x (flat), warm start ζ·x of the next solve
     key: jax.Array  # PRNG key of the Nyström test matrices
     info: dict
-
-
-def _number(name, value, lo=0.0, allow_lo=False, allow_none=False):
-    if value is None and allow_none:
-        return
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v < lo or (v == lo and not allow_lo):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_lo else '>'} {lo}, got {value!r}")
-
-
-def _count(name, value):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class HessianFree(FusedStepOptimizer):
@@ -103,15 +88,15 @@ class HessianFree(FusedStepOptimizer):
                                  "or classical.tracing.trace_mlp")
         if not hasattr(model.output, "hessian_quad"):
             raise ValueError("model.output must be a classical.distributions distribution with hessian_quad")
-        _number("damping", damping)
-        _number("l2_reg", l2_reg, allow_lo=True)
-        _number("learning_rate", learning_rate)
-        _number("cg_tol", cg_tol)
-        _count("cg_maxiter", cg_maxiter)
-        _number("warm_start_decay", warm_start_decay, allow_lo=True)
-        _number("min_damping", min_damping)
-        _number("max_damping", max_damping)
-        _number("reject_damping_factor", reject_damping_factor)
+        check_positive("damping", damping)
+        check_positive("l2_reg", l2_reg, allow_zero=True)
+        check_positive("learning_rate", learning_rate)
+        check_positive("cg_tol", cg_tol)
+        check_count("cg_maxiter", cg_maxiter)
+        check_positive("warm_start_decay", warm_start_decay, allow_zero=True)
+        check_positive("min_damping", min_damping)
+        check_positive("max_damping", max_damping)
+        check_positive("reject_damping_factor", reject_damping_factor)
         if not 1 < float(damping_increase) or not 0 < float(damping_decrease) < 1:
             raise ValueError("need damping_increase > 1 and 0 < damping_decrease < 1, got "
                              f"{damping_increase!r}, {damping_decrease!r}")
@@ -121,10 +106,10 @@ class HessianFree(FusedStepOptimizer):
             if not 0 < curvature_batch_size < 1:
                 raise ValueError(f"a fractional curvature_batch_size must lie in (0, 1), got {curvature_batch_size!r}")
         elif curvature_batch_size is not None:
-            _count("curvature_batch_size", curvature_batch_size)
+            check_count("curvature_batch_size", curvature_batch_size)
         if preconditioner not in (None, "nystrom"):
             raise ValueError(f"preconditioner must be None or 'nystrom', got {preconditioner!r}")
-        _count("nystrom_rank", nystrom_rank)
+        check_count("nystrom_rank", nystrom_rank)
         self.model = model
         self.damping, self.l2_reg, self.learning_rate = float(damping), float(l2_reg), float(learning_rate)
         self.cg_tol, self.cg_maxiter = float(cg_tol), int(cg_maxiter)

@@ -68,6 +68,7 @@ from optax import tree_utils as otu
 from classical.blocks.base import LayerBatch, Layerwise, input_factor, output_factor
 from classical.blocks.kronecker import KroneckerBlock
 from classical.fused import FusedStepOptimizer
+from qgeom.optimize._checks import check_count, check_positive
 from qgeom.optimize.damping import all_finite, levenberg_marquardt, rejected_damping
 
 __all__ = ["KFAC", "KFACState", "kfac", "input_factor", "output_factor"]
@@ -122,22 +123,6 @@ class KFACState(NamedTuple):
         return {k: s["G"] for k, s in self.stats.items() if isinstance(s, dict) and "G" in s}
 
 
-def _positive(name, value, allow_none=False, allow_zero=False):
-    if value is None and allow_none:
-        return
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
-
-
-def _period(name, value):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 class KFAC(FusedStepOptimizer):
     """K-FAC optimizer for a model with tapped layers (``classical.models.Network`` or a
     traced Flax/Equinox MLP from ``classical.tracing``).
@@ -186,21 +171,22 @@ class KFAC(FusedStepOptimizer):
             if not hasattr(model, attr):
                 raise ValueError(f"model {type(model).__name__} lacks {attr!r}; use classical.models.Network "
                                  "or classical.tracing.trace_mlp")
-        _positive("learning_rate", learning_rate, allow_none=True)
-        _positive("momentum", momentum, allow_none=True, allow_zero=True)
-        _positive("damping", damping)
-        _positive("l2_reg", l2_reg, allow_zero=True)
-        _positive("min_damping", min_damping)
-        _positive("max_damping", max_damping)
-        _positive("reject_damping_factor", reject_damping_factor)
-        _period("damping_interval", damping_interval)
-        _period("inverse_period", inverse_period)
-        _period("stats_period", stats_period)
+        for name, value in (("learning_rate", learning_rate), ("momentum", momentum)):
+            if value is not None:
+                check_positive(name, value, allow_zero=name == "momentum")
+        check_positive("damping", damping)
+        check_positive("l2_reg", l2_reg, allow_zero=True)
+        check_positive("min_damping", min_damping)
+        check_positive("max_damping", max_damping)
+        check_positive("reject_damping_factor", reject_damping_factor)
+        check_count("damping_interval", damping_interval)
+        check_count("inverse_period", inverse_period)
+        check_count("stats_period", stats_period)
         if isinstance(curvature_batch_size, float):
             if not 0 < curvature_batch_size < 1:
                 raise ValueError(f"a fractional curvature_batch_size must lie in (0, 1), got {curvature_batch_size!r}")
         elif curvature_batch_size is not None:
-            _period("curvature_batch_size", curvature_batch_size)
+            check_count("curvature_batch_size", curvature_batch_size)
         if momentum is not None and momentum >= 1:
             raise ValueError(f"momentum must be < 1, got {momentum!r}")
         if not 0 < damping_decay < 1:

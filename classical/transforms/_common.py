@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
-
-def check_positive(name, value, allow_zero=False):
-    """``ValueError`` unless ``value`` is a finite real > 0 (or ≥ 0 with ``allow_zero``)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a finite number {'>=' if allow_zero else '>'} 0, got {value!r}")
+from qgeom.optimize._checks import check_positive
 
 
 def check_beta(name, value, allow_one=False):
@@ -26,12 +16,6 @@ def check_beta(name, value, allow_one=False):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
     if not (0.0 <= v < 1.0 or (allow_one and v == 1.0)):
         raise ValueError(f"{name} must be in [0, {'1]' if allow_one else '1)'}, got {value!r}")
-
-
-def check_int(name, value, minimum=1):
-    """``ValueError`` unless ``value`` is an integer ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def check_learning_rate(learning_rate):

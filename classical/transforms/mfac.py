@@ -38,13 +38,12 @@ from jax.flatten_util import ravel_pytree
 
 from classical.transforms._common import (
     check_beta,
-    check_int,
     check_learning_rate,
     check_matching,
-    check_positive,
     learning_rate_at,
 )
 from qgeom.metrics.lowrank import GradientWindow
+from qgeom.optimize._checks import check_count, check_positive
 
 
 class MFACState(NamedTuple):
@@ -72,7 +71,7 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0,
         window (needs ``params`` in ``update`` when non-zero).
     """
     check_learning_rate(learning_rate)
-    check_int("num_grads (the window m)", num_grads)
+    check_count("num_grads (the window m)", num_grads)
     check_positive("damping", damping)
     check_beta("momentum", momentum)
     check_positive("weight_decay", weight_decay, allow_zero=True)

@@ -37,10 +37,8 @@ import optax
 
 from classical.transforms._common import (
     check_beta,
-    check_int,
     check_learning_rate,
     check_matching,
-    check_positive,
     learning_rate_at,
 )
 from classical.transforms.tensor_ops import (
@@ -50,6 +48,7 @@ from classical.transforms.tensor_ops import (
     inverse_root,
     mode_dot,
 )
+from qgeom.optimize._checks import check_count, check_positive
 
 GRAFTS = ("adagrad", "adam", "sgd")
 
@@ -93,12 +92,12 @@ def scale_by_shampoo(b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20, star
     check_beta("b2", b2, allow_one=True)
     check_positive("epsilon", epsilon)
     check_positive("graft_epsilon", graft_epsilon)
-    check_int("precondition_every", precondition_every)
-    check_int("statistics_every", statistics_every)
-    check_int("block_size", block_size)
-    check_int("max_precond_dim", max_precond_dim)
+    check_count("precondition_every", precondition_every)
+    check_count("statistics_every", statistics_every)
+    check_count("block_size", block_size)
+    check_count("max_precond_dim", max_precond_dim)
     start = precondition_every if start_preconditioning_step is None else start_preconditioning_step
-    check_int("start_preconditioning_step", start, minimum=0)
+    check_count("start_preconditioning_step", start, minimum=0)
     if graft not in GRAFTS:
         raise ValueError(f"graft must be one of {GRAFTS}, got {graft!r}")
     if graft == "adam" and b2 == 1.0:
@@ -208,7 +207,7 @@ def shampoo(learning_rate, b1=0.9, b2=0.999, epsilon=1e-6, precondition_every=20
         (non-finite) steps before the non-finite update is let through.
     """
     check_learning_rate(learning_rate)
-    check_int("max_consecutive_errors", max_consecutive_errors)
+    check_count("max_consecutive_errors", max_consecutive_errors)
     inner = scale_by_shampoo(b1, b2, epsilon, precondition_every, start_preconditioning_step, block_size,
                              max_precond_dim, graft, graft_epsilon, nesterov, statistics_every)
 

@@ -33,13 +33,12 @@ import optax
 
 from classical.transforms._common import (
     check_beta,
-    check_int,
     check_learning_rate,
     check_matching,
-    check_positive,
     learning_rate_at,
 )
 from classical.transforms.tensor_ops import axis_gram, mode_dot
+from qgeom.optimize._checks import check_count, check_positive
 
 
 class SOAPState(NamedTuple):
@@ -114,9 +113,9 @@ def soap(learning_rate=3e-3, b1=0.95, b2=0.95, shampoo_beta=None, eps=1e-8, weig
     check_beta("shampoo_beta", beta_s)
     check_positive("eps", eps)
     check_positive("weight_decay", weight_decay, allow_zero=True)
-    check_int("precondition_frequency", precondition_frequency)
-    check_int("max_precond_dim", max_precond_dim)
-    check_int("max_consecutive_errors", max_consecutive_errors)
+    check_count("precondition_frequency", precondition_frequency)
+    check_count("max_precond_dim", max_precond_dim)
+    check_count("max_consecutive_errors", max_consecutive_errors)
 
     def has_factor(shape):
         return tuple((len(shape) >= 2 or precondition_1d) and n <= max_precond_dim for n in shape)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import numpy as np
 
 
 def check_positive(name, value, allow_zero=False):
@@ -27,7 +28,7 @@ def check_positive(name, value, allow_zero=False):
 
 def check_count(name, value, minimum=1):
     """Raise ``ValueError`` unless ``value`` is an integer >= ``minimum``."""
-    if isinstance(value, bool) or int(value) != value or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
