@@ -86,18 +86,13 @@ class Circuit:
 
     def apply(self, phi, states):
         """U(φ) @ states for a (2ⁿ, C) block of column vectors (or a single 2ⁿ vector)."""
-        self.check_params(phi)
-        states = jnp.asarray(states, dtype=jnp.complex128)
-        vec = states.ndim == 1
-        if vec:
-            states = states[:, None]
-        if states.shape[0] != 2**self.n:
-            raise ValueError(f"states must have leading dimension 2^{self.n} = {2**self.n}, got {states.shape}")
-        out = self._run(self._steps(phi), states)
-        return out[:, 0] if vec else out
+        return self._apply(phi, states, lambda steps: steps)
 
     def apply_adjoint(self, phi, states):
         """U(φ)† @ states: the fused steps in reverse order, each conjugate-transposed."""
+        return self._apply(phi, states, lambda steps: [(k, _adjoint(k, d), w) for k, d, w in reversed(steps)])
+
+    def _apply(self, phi, states, order):
         self.check_params(phi)
         states = jnp.asarray(states, dtype=jnp.complex128)
         vec = states.ndim == 1
@@ -105,7 +100,7 @@ class Circuit:
             states = states[:, None]
         if states.shape[0] != 2**self.n:
             raise ValueError(f"states must have leading dimension 2^{self.n} = {2**self.n}, got {states.shape}")
-        out = self._run([(kind, _adjoint(kind, d), where) for kind, d, where in reversed(self._steps(phi))], states)
+        out = self._run(order(self._steps(phi)), states)
         return out[:, 0] if vec else out
 
     def _run(self, steps, states):
