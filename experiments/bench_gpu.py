@@ -18,7 +18,7 @@ One process, one GPU, every ratio measured in this run against its reference on 
 
 Timings: ``time.perf_counter`` around ``jax.block_until_ready`` after a compile call; the
 minimum over repeats for the quantum kernels, the median block for the training steps. The
-dense-simulation memory guard (``qgeom.quantum.limits.MAX_DENSE_BYTES``) is set from the GPU's
+dense-simulation memory guard (``qgeom.quantum.limits.max_dense_bytes``) reads the GPU's
 own memory (``Device.memory_stats()["bytes_limit"]``), not the host's. Comparators that cannot
 be imported (PennyLane, kfac-jax) are skipped with the reason printed. Prints the tables and
 writes every number, the device's name and the targets to ``--out``/``bench_gpu.json``.
@@ -345,11 +345,8 @@ def main(argv=None):
 
     jax_compat()
     import qgeom  # noqa: F401  (float64 for the quantum side)
-    from qgeom.quantum import limits
 
-    memory = device_memory_bytes()
-    if memory is not None:  # the dense-simulation guard reads the device's memory, not the host's
-        limits.MAX_DENSE_BYTES = memory
+    memory = device_memory_bytes()  # also the dense-simulation guard's limit (qgeom.quantum.limits)
     result = {"device": device_name(), "platform": jax.devices()[0].platform, "jax": jax.__version__,
               "device_memory_bytes": memory, "args": vars(args), "targets": TARGETS,
               "vqt": {}, "bkm": {}, "kfac": {}}

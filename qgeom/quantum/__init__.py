@@ -4,7 +4,7 @@ from qgeom.quantum.circuits import Circuit, hardware_efficient, tfim_qaoa
 from qgeom.quantum.ebm import Bernoulli, Ising, Parity, ZProductEBM, basis_bits, bits_to_index
 from qgeom.quantum.free_fermion import FreeFermionThermo, tfim_free_fermion
 from qgeom.quantum.hamiltonians import hamiltonian_matrix, pauli_tables, sparse_matrix, tfim
-from qgeom.quantum.limits import MAX_DENSE_BYTES, check_dense
+from qgeom.quantum.limits import check_dense, max_dense_bytes
 from qgeom.quantum.losses import qmhl_loss, vqt_loss
 from qgeom.quantum.qhbm import QHBM, PreparedObservable
 from qgeom.quantum.shadows import ShadowData, measure_shadows, nearest_density_matrix
@@ -23,7 +23,7 @@ from qgeom.quantum.thermo import (
 )
 
 __all__ = [
-    "Bernoulli", "Circuit", "FreeFermionThermo", "tfim_free_fermion", "Ising", "MAX_DENSE_BYTES", "Parity", "PreparedObservable", "QHBM",
+    "Bernoulli", "Circuit", "FreeFermionThermo", "tfim_free_fermion", "Ising", "max_dense_bytes", "Parity", "PreparedObservable", "QHBM",
     "ShadowData", "ZProductEBM", "basis_bits", "bits_to_index", "check_beta", "check_dense",
     "check_density_matrix", "entropy", "fidelity", "free_energy", "gibbs_state",
     "hamiltonian_matrix", "hardware_efficient", "log_partition", "measure_shadows", "nearest_density_matrix",

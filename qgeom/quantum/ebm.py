@@ -31,7 +31,7 @@ import numpy as np
 import pennylane as qml
 from jax.scipy.special import logsumexp
 
-from qgeom.quantum.limits import MAX_DENSE_BYTES
+from qgeom.quantum.limits import max_dense_bytes
 
 EXACT_SAMPLE_MAX = 20
 
@@ -80,11 +80,11 @@ class ZProductEBM:
             raise ValueError(f"{type(self).__name__} parameters must have shape {self.param_shape}, got {jnp.shape(theta)}")
 
     def _check_exact(self) -> None:
-        need = 2**self.n * (self.n + len(self.subsets)) * 8
-        if need > MAX_DENSE_BYTES:
+        need, limit = 2**self.n * (self.n + len(self.subsets)) * 8, max_dense_bytes()
+        if need > limit:
             raise ValueError(
                 f"exact sums over 2^{self.n} states need {need / 2**30:.1f} GiB, above the limit "
-                f"{MAX_DENSE_BYTES / 2**30:.1f} GiB (qgeom.quantum.limits.MAX_DENSE_BYTES)"
+                f"{limit / 2**30:.1f} GiB (qgeom.quantum.limits.max_dense_bytes())"
             )
 
     def init(self, key, scale: float = 0.5) -> jax.Array:

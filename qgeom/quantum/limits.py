@@ -23,7 +23,21 @@ def _physical_memory() -> int:
         return 16 * 2**30
 
 
-MAX_DENSE_BYTES = int(os.environ.get("QGEOM_MAX_DENSE_BYTES", _physical_memory() // 2))
+MAX_DENSE_BYTES: int | None = None  # set to override the automatic limit
+
+
+def max_dense_bytes() -> int:
+    """The dense-simulation memory limit in bytes (see the module docstring for the order)."""
+    if "QGEOM_MAX_DENSE_BYTES" in os.environ:
+        return int(os.environ["QGEOM_MAX_DENSE_BYTES"])
+    if MAX_DENSE_BYTES is not None:
+        return int(MAX_DENSE_BYTES)
+    import jax
+
+    stats = jax.devices()[0].memory_stats()  # None on CPU
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return _physical_memory() // 2
 
 
 def dense_bytes(n: int, copies: int = 1) -> int:
@@ -32,14 +46,14 @@ def dense_bytes(n: int, copies: int = 1) -> int:
 
 
 def check_dense(n: int, copies: int = 1, what: str = "dense simulation") -> None:
-    """Raise ``ValueError`` if ``copies`` 2ⁿ×2ⁿ complex128 arrays exceed :data:`MAX_DENSE_BYTES`."""
+    """Raise ``ValueError`` if ``copies`` 2ⁿ×2ⁿ complex128 arrays exceed :func:`max_dense_bytes`."""
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"number of qubits must be a positive integer, got {n!r}")
-    need = dense_bytes(n, copies)
-    if need > MAX_DENSE_BYTES:
+    need, limit = dense_bytes(n, copies), max_dense_bytes()
+    if need > limit:
         raise ValueError(
             f"{what} on n={n} qubits needs about {need / 2**30:.1f} GiB "
             f"({copies} × 2^{n}×2^{n} complex128 arrays), above the limit of "
-            f"{MAX_DENSE_BYTES / 2**30:.1f} GiB (qgeom.quantum.limits.MAX_DENSE_BYTES; "
+            f"{limit / 2**30:.1f} GiB (qgeom.quantum.limits.max_dense_bytes(): device memory, "
             "set QGEOM_MAX_DENSE_BYTES to change it)"
         )
