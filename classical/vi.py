@@ -213,14 +213,17 @@ class QBVI(_Gaussian):
 
 
 class _Euclid(_Gaussian):
-    """(μ, ρ) parameterization shared by BBVI and ReparamVI."""
+    """(μ, ρ) parameterization shared by BBVI and ReparamVI; ``optimizer=None`` is the
+    subclass's ``default_optimizer()``."""
 
-    def __init__(self, loglik, dim, optimizer, *, prior_mean, prior_var, diagonal, num_samples, init_var):
+    def __init__(self, loglik, dim, optimizer=None, *, prior_mean=0.0, prior_var=1.0, diagonal=True,
+                 num_samples=25, init_var=0.01):
         super().__init__(loglik, dim, prior_mean=prior_mean, prior_var=prior_var, diagonal=diagonal,
                          num_samples=num_samples)
         if not init_var > 0:
             raise ValueError(f"init_var must be > 0, got {init_var}")
-        self.opt, self.init_var = optimizer, init_var
+        self.opt = self.default_optimizer() if optimizer is None else optimizer
+        self.init_var = init_var
 
     def _chol(self, rho):
         """σ (diagonal) or the lower Cholesky factor L of Σ = LLᵀ (log-parameterized diagonal)."""
@@ -256,10 +259,9 @@ class _Euclid(_Gaussian):
 class BBVI(_Euclid):
     """Score-function (black-box) VI with QBVI's estimator, Euclidean gradient in (μ, ρ), optax."""
 
-    def __init__(self, loglik, dim, optimizer=None, *, prior_mean=0.0, prior_var=1.0, diagonal=True,
-                 num_samples=25, init_var=0.01):
-        super().__init__(loglik, dim, optax.sgd(0.01) if optimizer is None else optimizer, prior_mean=prior_mean,
-                         prior_var=prior_var, diagonal=diagonal, num_samples=num_samples, init_var=init_var)
+    @staticmethod
+    def default_optimizer():
+        return optax.sgd(0.01)
 
     def step(self, state: EuclidState, batch, key):
         mean, cov = self.mean_cov(state)
@@ -283,10 +285,9 @@ class BBVI(_Euclid):
 class ReparamVI(_Euclid):
     """Reparameterization-gradient VI: θ = μ + L z, autodiff of the ELBO, optax Adam by default."""
 
-    def __init__(self, loglik, dim, optimizer=None, *, prior_mean=0.0, prior_var=1.0, diagonal=True,
-                 num_samples=25, init_var=0.01):
-        super().__init__(loglik, dim, optax.adam(0.01) if optimizer is None else optimizer, prior_mean=prior_mean,
-                         prior_var=prior_var, diagonal=diagonal, num_samples=num_samples, init_var=init_var)
+    @staticmethod
+    def default_optimizer():
+        return optax.adam(0.01)
 
     def step(self, state: EuclidState, batch, key):
         z = jax.random.normal(key, (self.num_samples, self.dim))
