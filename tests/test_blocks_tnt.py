@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from kfac_jax_reference import tanh_mlp_loss
 
 import qgeom  # noqa: F401
 from classical.blocks.base import LayerBatch
@@ -42,15 +43,7 @@ def problem():
 
 def _kfac_jax_factors(net, params, x, y, ctor):
     """One ``update_curvature_matrix_estimate`` of kfac-jax's block-diagonal estimator (empirical Fisher)."""
-    def loss(kp, batch):
-        h = batch[0]
-        for i, k in enumerate(sorted(kp)):
-            h = h @ kp[k]["w"] + kp[k]["b"]
-            h = jnp.tanh(h) if i == 0 else h
-        kfac_jax.register_softmax_cross_entropy_loss(h, batch[1])
-        return jnp.mean(net.output.nll(h, batch[1]))
-
-    est = kfac_jax.BlockDiagonalCurvature(func=loss, default_estimation_mode="fisher_empirical",
+    est = kfac_jax.BlockDiagonalCurvature(func=tanh_mlp_loss(net), default_estimation_mode="fisher_empirical",
                                           layer_tag_to_block_ctor={"dense": ctor})
     # float64 for kfac-jax: its ``tnt_scale`` mixes a float64 literal with float32 factors under x64
     kp = {k: {"w": w[:-1].astype(jnp.float64), "b": w[-1].astype(jnp.float64)} for k, w in params.items()}

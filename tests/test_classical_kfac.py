@@ -7,6 +7,7 @@ import optax
 import pytest
 import scipy.optimize
 from jax.flatten_util import ravel_pytree
+from kfac_jax_reference import tanh_mlp_loss
 
 import qgeom  # noqa: F401  (enables x64; the nets must stay float32 regardless)
 from classical.kfac import KFAC, kfac
@@ -291,13 +292,7 @@ def test_preconditioned_gradient_matches_kfac_jax():
     n, lam = 16, 0.3
     x, y = _data(net, n)
 
-    def kj_loss(kp, batch):
-        h = batch[0]
-        for i, k in enumerate(sorted(kp)):
-            h = h @ kp[k]["w"] + kp[k]["b"]
-            h = jnp.tanh(h) if i == 0 else h
-        kfac_jax.register_softmax_cross_entropy_loss(h, batch[1])
-        return jnp.mean(net.output.nll(h, batch[1]))
+    kj_loss = tanh_mlp_loss(net)
 
     ref = kfac_jax.Optimizer(
         value_and_grad_func=jax.value_and_grad(kj_loss), l2_reg=0.0, use_adaptive_learning_rate=False,
