@@ -48,24 +48,22 @@ TARGETS = {"vqt_n12_ms": 50.0, "vqt_n14_ms": 1000.0, "kfac_vs_sgd_b4096": 2.0}
 
 
 def jax_compat():
-    """Restore two names removed in JAX 0.11 that PennyLane 0.45.1 and the K-FAC studies use.
+    """Restore a name removed in JAX 0.11 that PennyLane 0.45.1 uses.
 
     The project pins jax 0.7.1; GPU images may ship a newer JAX. ``jax.core.is_concrete``
-    (called by PennyLane's ``qml.math.is_abstract``) still lives in ``jax._src.core``;
-    ``jax.experimental.disable_x64()`` is ``jax.enable_x64(False)``. Changes nothing on jax 0.7.1.
+    (called by PennyLane's ``qml.math.is_abstract``) still lives in ``jax._src.core``. The K-FAC
+    studies switch x64 off through ``classical_methods.float32_mode``, which knows both APIs.
+    Changes nothing on jax 0.7.1.
     kfac-jax 0.0.8 is not patched: it uses removed jaxpr internals (``jax.core.Effects``, …) and
     is skipped with the import error printed.
     """
     import jax._src.core
     import jax.core
-    import jax.experimental
 
     try:
         jax.core.is_concrete  # noqa: B018
     except AttributeError:
         jax.core.is_concrete = jax._src.core.is_concrete
-    if not hasattr(jax.experimental, "disable_x64"):
-        jax.experimental.disable_x64 = lambda: jax.enable_x64(False)
 
 
 def gpu_devices():
@@ -250,9 +248,8 @@ def _kfac_jax_contenders(net, l2, block, batch0):
 
 
 def bench_kfac_steps(batch_sizes, reps, block, no_kfac_jax, out, sizes=AUTOENCODER):
-    from jax.experimental import disable_x64
-
     from classical.models import mlp
+    from experiments.classical_methods import float32_mode
 
     if not no_kfac_jax:
         try:
@@ -264,7 +261,7 @@ def bench_kfac_steps(batch_sizes, reps, block, no_kfac_jax, out, sizes=AUTOENCOD
             out["kfac_jax"] = f"skipped: import failed: {type(err).__name__}: {err}"
             print(f"  kfac-jax {out['kfac_jax']}", flush=True)
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-    with disable_x64():
+    with float32_mode():
         code, last = len(sizes) // 2 - 1, len(sizes) - 2  # linear code layer and logits, tanh elsewhere
         net = mlp(sizes, ["linear" if i in (code, last) else "tanh" for i in range(len(sizes) - 1)], "bernoulli")
         params0 = net.init(jax.random.PRNGKey(0))

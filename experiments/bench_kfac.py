@@ -56,7 +56,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import disable_x64
 
 from classical.data import batch_indices, load_mnist
 from experiments import classical_methods as cm
@@ -309,7 +308,7 @@ def main(argv=None):
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
     if args.batch_size > 60000:
         raise ValueError("--batch-size must be <= 60000 (MNIST's training set)")
-    with disable_x64(), cm.single_threaded_blas():
+    with cm.float32_mode(), cm.single_threaded_blas():
         times, _ = run(args)
     out = report(times, args)
     if args.json:

@@ -119,6 +119,17 @@ def make_method(spec: MethodSpec, problem: Problem, hparams: dict, seed: int = 0
     return _CACHE[key]
 
 
+def float32_mode():
+    """Context with ``jax_enable_x64`` off for the float32 nets (kfac-jax's factor updates fail
+    under x64): ``jax.enable_x64(False)`` where JAX has it (≥ 0.8), else
+    ``jax.experimental.disable_x64()`` (jax 0.7.1, the pinned version)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(False)
+    from jax.experimental import disable_x64
+
+    return disable_x64()
+
+
 def single_threaded_blas():
     """Context limiting the BLAS/LAPACK libraries (OpenBLAS) to one thread; XLA's own pool
     keeps both cores.

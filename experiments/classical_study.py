@@ -19,10 +19,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import disable_x64
 
 from classical.data import batch_indices
-from experiments.classical_methods import make_method, single_threaded_blas
+from experiments.classical_methods import float32_mode, make_method, single_threaded_blas
 from experiments.classical_problems import Problem
 from experiments.harness import Checkpoint, Registry, train
 from experiments.harness.analysis import first_below, mean_std
@@ -53,7 +52,7 @@ def run(problem: Problem, registry: Registry, method: str, hparams: dict, data, 
     x_tr, y_tr = data["train"]
     n = len(x_tr)
     run_id = _run_id(method, hparams, seed, {"batch": batch_size, "n_train": n, **problem.config})
-    with disable_x64(), single_threaded_blas():
+    with float32_mode(), single_threaded_blas():
         if problem not in _METRICS:
             _METRICS[problem] = jax.jit(problem.metrics)
         metrics = _METRICS[problem]

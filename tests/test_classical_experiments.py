@@ -246,7 +246,6 @@ def test_single_threaded_blas_reaches_jaxlib_lapack():
 def test_bench_report_ratios_and_roofline(capsys):
     """The bench's ratios and floors from synthetic block times (no timing is measured here
     except the peak-GEMM probe): ours 4× SGD, kfac-jax 5× SGD → 0.80; floors from kfac_flops."""
-    from jax.experimental import disable_x64
 
     from experiments import bench_kfac, kfac_flops
 
@@ -256,7 +255,7 @@ def test_bench_report_ratios_and_roofline(capsys):
     scale = {"sgd": 1.0, "adam": 1.1, "kfac-fixed": 3.0, "kfac-adaptive": 4.0, "kfac-fixed-sub": 1.9,
              "kfac-adaptive-sub": 3.0, "kfac-jax-fixed": 3.0, "kfac-jax-adaptive": 5.0}
     times = {k: [[0.05 * v] * 20] * 2 for k, v in scale.items()}  # seconds per step
-    with disable_x64():
+    with cm.float32_mode():
         out = bench_kfac.report(times, args)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "kfac_step_vs_kfac_jax=0.80 kfac_step_vs_sgd=1.90"

@@ -3,11 +3,11 @@
 import jax
 import jax.numpy as jnp
 import pytest
-from jax.experimental import disable_x64
 
 from classical.kfac import KFAC, _linearize, input_factor, output_factor
 from classical.models import mlp
 from experiments import kfac_flops as kf
+from experiments.classical_methods import float32_mode
 
 SIZES = [200, 300, 250, 120]
 N = 128
@@ -21,7 +21,7 @@ def _xla_flops(fn, *args):
 
 @pytest.fixture(scope="module")
 def setup():
-    with disable_x64():
+    with float32_mode():
         net = mlp(SIZES, "tanh", "categorical")
         params = net.init(jax.random.PRNGKey(0))
         x = jax.random.normal(jax.random.PRNGKey(1), (N, SIZES[0]), jnp.float32)
@@ -37,14 +37,14 @@ def _close(model_macs, xla_flops):
 
 def test_sgd_step_forward_backward(setup):
     net, params, x, y, shapes = setup
-    with disable_x64():
+    with float32_mode():
         flops = _xla_flops(jax.value_and_grad(net.loss), params, x, y)
     _close(kf.forward_macs(shapes, N) + kf.backward_macs(shapes, N), flops)
 
 
 def test_statistics_and_preconditioning(setup):
     net, params, x, y, shapes = setup
-    with disable_x64():
+    with float32_mode():
         _, _, _, inputs = _linearize(net, params, x)
         taps = net.zero_taps(x)
         flops = _xla_flops(lambda i, g: ({k: input_factor(v) for k, v in i.items()},
@@ -63,7 +63,7 @@ def test_jvp(setup):
         out, lin, _, _ = _linearize(net, p, x)
         return out, lin(t)
 
-    with disable_x64():
+    with float32_mode():
         flops = _xla_flops(jvp, params, params) - _xla_flops(lambda p: net.apply(p, x), params)
     _close(kf.jvp_macs(shapes, N), flops)
 

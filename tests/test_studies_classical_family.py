@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.experimental import disable_x64
 
 from classical import models
 from classical.data import load_digits
@@ -33,7 +32,7 @@ def _two_steps(spec, problem, batch):
     point = spec.grid[len(spec.grid) // 2]
     method = cm.make_method(spec, problem, point)
     key = jax.random.PRNGKey(0)
-    with disable_x64():
+    with cm.float32_mode():
         params0 = problem.net.init(key)
         expect = float(problem.loss(params0, batch))
         state = method.init(jax.tree_util.tree_map(jnp.copy, params0), key, lambda t: batch)
@@ -104,7 +103,7 @@ def test_relu_problem_is_summed_pixel_bce():
     problem = ra.relu_autoencoder_problem()
     assert [layer.activation for layer in problem.net.layers] == list(ra.ACTIVATIONS) and problem.l2 == 0.0
     x = np.random.default_rng(0).uniform(size=(3, 784)).astype(np.float32)
-    with disable_x64():
+    with cm.float32_mode():
         params = problem.net.init(jax.random.PRNGKey(1))
         logits = np.asarray(problem.net.apply(params, jnp.asarray(x)), np.float64)
         loss = float(problem.loss(params, (jnp.asarray(x), jnp.asarray(x))))
