@@ -295,7 +295,7 @@ def tfim_qaoa(graph: nx.Graph, layers: int = 2) -> Circuit:
         raise ValueError("tfim_qaoa needs a non-empty networkx graph")
     if not isinstance(layers, int) or layers < 1:
         raise ValueError(f"layers must be an integer >= 1, got {layers!r}")
-    nodes, edges = sorted(graph.nodes), list(graph.edges)
+    nodes, edges = sorted(graph.nodes), list(graph.edges())
 
     def qfunc(phi):
         for l in range(layers):
@@ -305,3 +305,28 @@ def tfim_qaoa(graph: nx.Graph, layers: int = 2) -> Circuit:
                 qml.IsingZZ(2 * phi[l, 0], wires=[u, v])
 
     return Circuit(qfunc, nodes, (layers, 2))
+
+
+def qhea(n: int, layers: int = 7) -> Circuit:
+    r"""The QHBM authors' hardware-efficient ansatz (google/qhbm-library ``baselines/pqc.py``),
+    φ of shape (layers, 3n − 1) in cirq's *exponent* units (angle = π·exponent).
+
+    Each layer: on every qubit i, X^{a_i} then Z^{b_i} (cirq powers: RX(πa), RZ(πb) up to a
+    global phase), φ[l, 2i] = a_i, φ[l, 2i+1] = b_i; then a parameterized CZ^c
+    = diag(1, 1, 1, e^{iπc}) (``qml.ControlledPhaseShift(πc)``) on the open chain's even
+    pairs (0,1), (2,3), … and then its odd pairs (1,2), (3,4), …, exponents φ[l, 2n:] in
+    that order. The authors initialise every exponent from N(0, 0.1²).
+    """
+    if not isinstance(n, int) or n < 2 or not isinstance(layers, int) or layers < 1:
+        raise ValueError(f"need integers n >= 2 and layers >= 1, got n={n!r}, layers={layers!r}")
+    pairs = [(i, i + 1) for start in (0, 1) for i in range(start, n - 1, 2)]
+
+    def qfunc(phi):
+        for l in range(layers):
+            for i in range(n):
+                qml.RX(np.pi * phi[l, 2 * i], wires=i)
+                qml.RZ(np.pi * phi[l, 2 * i + 1], wires=i)
+            for k, pair in enumerate(pairs):
+                qml.ControlledPhaseShift(np.pi * phi[l, 2 * n + k], wires=list(pair))
+
+    return Circuit(qfunc, range(n), (layers, 3 * n - 1))

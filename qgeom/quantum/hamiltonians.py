@@ -46,8 +46,28 @@ def tfim(graph: nx.Graph, J: float = 1.0, h: float = 1.0) -> qml.operation.Opera
             raise ValueError(f"{name} must be finite, got {val}")
     nodes = sorted(graph.nodes)
     coeffs = [-float(J)] * graph.number_of_edges() + [-float(h)] * len(nodes)
-    ops = [qml.Z([i]) @ qml.Z([j]) for i, j in graph.edges] + [qml.X([i]) for i in nodes]
+    ops = [qml.Z([i]) @ qml.Z([j]) for i, j in graph.edges()] + [qml.X([i]) for i in nodes]
     return qml.Hamiltonian(coeffs, ops)
+
+
+def torus(rows: int, cols: int) -> nx.MultiGraph:
+    """Periodic rows×cols square lattice: nodes (r, c), a bond from every site to its right
+    and lower neighbour modulo the sizes (2·rows·cols bonds, four per site).
+
+    As in the QHBM authors' 2D lattice (google/qhbm-library ``baselines/train.py``): along a
+    side of length 2 the wrap-around bond repeats the direct one, so the returned multigraph
+    holds it twice and ``tfim(torus(2, 3))`` couples those pairs with 2J.
+    """
+    for name, size in (("rows", rows), ("cols", cols)):
+        if not isinstance(size, int) or size < 2:
+            raise ValueError(f"a torus needs integer {name} >= 2, got {size!r}")
+    g = nx.MultiGraph()
+    g.add_nodes_from((r, c) for r in range(rows) for c in range(cols))
+    for r in range(rows):
+        for c in range(cols):
+            g.add_edge((r, c), (r, (c + 1) % cols))
+            g.add_edge((r, c), ((r + 1) % rows, c))
+    return g
 
 
 def default_wires(H) -> list:
