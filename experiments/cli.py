@@ -16,6 +16,8 @@ COMMANDS = {
     "gibbs": ("experiments.gibbs", "Gibbs sampling (VQT) of TFIM rings: QPMD, QPNGD, Adam, GD, QNG"),
     "learn": ("experiments.learn", "Hamiltonian learning (QMHL) from exact states and from shots"),
     "sequence": ("experiments.sequence", "geometric-locality sequences: warm vs cold starts"),
+    "qhbm-baselines": ("experiments.qhbm_baselines", "the QPMD authors' 24-run sweep (TFIM ring n=4, qhea7) through qgeom"),
+    "torus": ("experiments.torus", "Gibbs sampling of the TFIM on a 2×3 / 3×3 torus (h = 2.5): six methods, ERT"),
     "kfac": ("experiments.kfac_autoencoder", "MNIST deep autoencoder: K-FAC, FOOF, SGD, Adam, kfac-jax"),
     "kfac-classifier": ("experiments.kfac_classifier", "MNIST MLP / conv classifier with K-FAC and baselines"),
     "relu-autoencoder": ("experiments.relu_autoencoder", "MNIST ReLU autoencoder (Goldfarb-group protocol): TNT, MBF, Shampoo, ..."),
