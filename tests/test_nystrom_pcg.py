@@ -7,7 +7,8 @@ import pytest
 import scipy.sparse.linalg
 
 import qgeom  # noqa: F401  (enables x64)
-from qgeom.spectral import nystrom_pcg, pcg
+from qgeom.spectral import nystrom_pcg, nystrom_sketch, pcg
+from qgeom.spectral.pcg import _orthonormalize
 
 EPS = np.finfo(np.float64).eps
 N = 80
@@ -61,6 +62,25 @@ def test_preconditioned_condition_number_bound(decaying):
     assert int(info["iterations"]) <= np.ceil(0.5 * np.sqrt(bound) * np.log(2 / 1e-8))
     _, plain = pcg(lambda v: mv(v) + MU * v, b, tol=1e-8, maxiter=10 * N)
     assert int(info["iterations"]) < int(plain["iterations"])
+
+
+def test_sketch_equals_dense_nystrom_formula(decaying):
+    """The matmul-only factorization (CholQR2 test matrix, Gram/eigh core) against the dense
+    definition Â = (AΩ)(ΩᵀAΩ)⁻¹(AΩ)ᵀ with the same Ω (numpy, float64): U orthonormal on the
+    kept columns and UΛUᵀ = Â up to the shift ν = √n·eps·‖Y‖_F (error ≲ 10ν). ℓ = 12 keeps
+    λ_ℓ(A) ≈ 6e-4 ≫ ν ≈ 1e-14, so every column is kept; U = FVΣ⁻¹ is orthonormal to
+    eps·σ₁²/σ_ℓ² ≈ 4e-13."""
+    a, eigs, _, mv = decaying
+    key, ell = jax.random.PRNGKey(11), 12
+    u, lam = map(np.asarray, nystrom_sketch(mv, N, ell, key, jnp.float64))
+    omega = np.asarray(_orthonormalize(jax.random.normal(key, (N, ell), jnp.float64)))
+    np.testing.assert_allclose(omega.T @ omega, np.eye(ell), atol=10 * EPS * ell)
+    y = np.asarray(a) @ omega
+    dense = y @ np.linalg.solve(omega.T @ y, y.T)
+    nu = np.sqrt(N) * EPS * np.linalg.norm(y)
+    assert np.all(lam > 0) and np.all(np.diff(lam) <= 0)
+    np.testing.assert_allclose(u.T @ u, np.eye(ell), atol=1e-10)
+    np.testing.assert_allclose((u * lam) @ u.T, dense, atol=10 * nu)
 
 
 @pytest.mark.slow
