@@ -7,7 +7,7 @@ builders, so a method means the same optimizer everywhere.
 Curvature family (K-FAC's ``init/step`` shape; ``lr``, ``momentum``, ``damping``, ``ema``,
 ``inverse_period``, … as in ``classical_methods.kfac``; damping clipped to [1e-5, 1000]):
 
-* ``ekfac`` — ``classical.ekfac`` (George et al. 2018), extra ``s_decay``;
+* ``ekfac`` — ``classical.ekfac`` (George et al. 2018), extra ``s_decay``, ``s_at_refresh``;
 * ``kfac_tridiag`` — ``classical.kfac_tridiag`` (Martens & Grosse §4.3); dense layers only:
   refuses a conv net with a ``ValueError`` at build time;
 * ``rs_kfac`` — ``classical.rs_kfac`` (Puiu 2022), extra ``rank``, ``oversample``, ``power_iters``;
@@ -40,7 +40,7 @@ from classical import models
 from experiments.classical_methods import build_ours
 from experiments.classical_problems import Problem
 
-CURVATURE_EXTRA = {"ekfac": ("s_decay",), "rs_kfac": ("rank", "oversample", "power_iters", "relative_damping"),
+CURVATURE_EXTRA = {"ekfac": ("s_decay", "s_at_refresh"), "rs_kfac": ("rank", "oversample", "power_iters", "relative_damping"),
                    "tnt": ("form",), "mbf": ("block_size",)}
 REFUSES_CONV = {"kfac-tridiag": "block-tridiagonal K-FAC needs dense layers (cross-layer statistics of "
                                 "weight-shared conv layers are not defined)"}
