@@ -1,0 +1,42 @@
+"""The scaling studies' tools against closed forms: the power-law fit (known exponent, CI
+coverage), the divergence bisection (gradient descent on a quadratic, edge 2/λ_max) and the
+SLQ learner's hyper-parameters (a quadratic with a known spectrum)."""
+
+import numpy as np
+
+from experiments.batch_scaling import bisect_edge, fit_power_law
+
+
+def test_fit_power_law_exact_and_ci_coverage():
+    """Noiseless y = 3 x^-0.7 gives s = -0.7 and prefactor 3 to rounding. With log-normal noise
+    (σ = 0.3, 6 points) the 95 % t interval must contain the true s in 95 % of 600 seeded
+    replicates: binomial sd √(.95·.05/600) ≈ 0.009, so the coverage lies in [0.92, 0.98] (3.4 sd)."""
+    x = 2.0 ** np.arange(4, 10)
+    fit = fit_power_law(x, 3.0 * x**-0.7)
+    assert abs(fit["slope"] + 0.7) < 1e-12 and abs(fit["prefactor"] - 3.0) < 1e-10
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(600):
+        f = fit_power_law(x, 3.0 * x**-0.7 * np.exp(0.3 * rng.standard_normal(len(x))))
+        hits += f["ci95"][0] <= -0.7 <= f["ci95"][1]
+    assert 0.92 <= hits / 600 <= 0.98
+    assert fit_power_law([1, 2, 4], [1.0, -1.0, None])["slope"] is None  # < 3 usable points
+
+
+def test_bisection_finds_gradient_descent_edge_on_quadratic():
+    """GD on f = ½ xᵀAx (A diagonal, λ_max = 4) diverges — final f above the initial — exactly
+    for lr > 2/λ_max once the top mode's growth (1 + 2δ)^{2T} beats its initial share c of f:
+    the edge found lies in [2/λ_max, (2/λ_max)(1 + δ_c)], (1 + 2δ_c)^{2T} = 1/c, up to the bracket."""
+    lam = np.array([4.0, 2.0, 1.0, 0.5, 0.1])
+    x0, steps = np.ones(5), 300
+
+    def unstable(lr):
+        x = x0 * (1 - lr * lam) ** steps
+        return 0.5 * np.sum(lam * x**2) > 0.5 * np.sum(lam * x0**2)
+
+    lo, hi = bisect_edge(unstable, 1e-3, 1e-2, iters=30)  # the bracket must first widen upward
+    share = lam[0] / lam.sum()
+    delta_c = ((1 / share) ** (1 / (2 * steps)) - 1) / 2
+    assert hi >= 2 / lam[0] and lo <= 2 / lam[0] * (1 + delta_c)
+    assert 1 < hi / lo < 1 + 1e-6
+    assert bisect_edge(lambda v: False, 1.0, 2.0, 3, max_expand=2) == (32.0, None)  # never unstable
