@@ -27,12 +27,16 @@ def _no_blocks(settings, name):
             raise ValueError(f"{name} sets its own curvature; it has no {bad!r} setting")
 
 
-def ekfac(model, *, s_decay=None, **settings) -> KFAC:
+def ekfac(model, *, s_decay=None, s_at_refresh="batch", **settings) -> KFAC:
     """EKFAC: K-FAC's eigenbasis (refreshed every ``inverse_period`` steps) with the diagonal
     S = E[(Q_Aᵀ ∇W_n Q_G)²] re-estimated at every statistics update (EMA decay ``s_decay``, or
-    the statistics' ε_k when ``None``); ΔW = Q_A[(Q_Aᵀ ∇W Q_G)/(S + λ)]Q_Gᵀ."""
+    the statistics' ε_k when ``None``); ΔW = Q_A[(Q_Aᵀ ∇W Q_G)/(S + λ)]Q_Gᵀ. At a basis refresh S
+    restarts from the step's batch in the new basis (``s_at_refresh="batch"``, the paper's
+    Algorithm 1), or from the K-FAC eigenvalues (``"kfac"``, the authors' code), or is projected
+    (``"project"``); see ``classical.blocks.ekfac``."""
     _no_blocks(settings, "ekfac")
-    return KFAC(model, blocks=functools.partial(EKFACBlock, s_decay=s_decay), **settings)
+    return KFAC(model, blocks=functools.partial(EKFACBlock, s_decay=s_decay, s_at_refresh=s_at_refresh),
+                **settings)
 
 
 def rs_kfac(model, *, rank=220, oversample=10, power_iters=3, relative_damping=False, **settings) -> KFAC:

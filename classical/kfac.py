@@ -13,8 +13,9 @@ step computes
 
     Δ = −F̃⁻¹ ∇h,  F̃⁻¹ = ⊕_layers [(A + π√(λ+η) I)⁻¹ ⊗ (G + √(λ+η)/π I)⁻¹]      (§6.3)
 
-(``inverse="tikhonov"``, inverses cached and refreshed every ``inverse_period`` = T steps), or
-the exact (A ⊗ G + (λ+η) I)⁻¹ from cached eigendecompositions (``inverse="eigen"``). Then
+(``inverse="tikhonov"``, inverses cached and refreshed at every step t < T₀ = ``inverse_warmup``
+and then every ``inverse_period`` = T steps), or the exact (A ⊗ G + (λ+η) I)⁻¹ from cached
+eigendecompositions (``inverse="eigen"``). Then
 
 * fixed mode: δ = α Δ + μ δ₀ with the given learning rate α and momentum μ;
 * adaptive mode (§7): α, μ minimise the damped quadratic model
@@ -68,6 +69,7 @@ from optax import tree_utils as otu
 from classical.blocks.base import LayerBatch, Layerwise, input_factor, output_factor
 from classical.blocks.kronecker import KroneckerBlock
 from classical.fused import FusedStepOptimizer
+from classical.quadratic_model import minimise_alpha_mu, undamped_change
 from qgeom.optimize._checks import check_count, check_positive
 from qgeom.optimize.damping import all_finite, levenberg_marquardt, rejected_damping
 
@@ -140,6 +142,9 @@ class KFAC(FusedStepOptimizer):
       damping_decay: per-step ω; ω₁ = damping_decay ** damping_interval.
       min_damping, max_damping: clip for λ.
       inverse_period: T, steps between inverse/eigendecomposition refreshes.
+      inverse_warmup: T₀: refresh at every step t < T₀, then at t ≡ 0 (mod T) — the first
+        statistics change fast (ε_k = 1 − 1/k); TNT diverged on the autoencoder without it.
+        0 (default): the periodic schedule from step 0.
       stats_period: steps between factor-statistics updates (1 = every step).
       curvature_batch_size: estimate all curvature — the factors A, G and the exact Fisher
         products of the quadratic model — from the first m examples of each batch only: an
@@ -166,7 +171,7 @@ class KFAC(FusedStepOptimizer):
                  adapt_damping=True, damping_interval=5, damping_decay=19 / 20, min_damping=1e-8,
                  max_damping=1e10, inverse_period=5, stats_period=1, curvature_batch_size=None, ema_decay=0.95,
                  inverse="tikhonov", estimator="fisher", reject_damping_factor=10.0, seed=0,
-                 donate_state=False, blocks=None):
+                 donate_state=False, blocks=None, inverse_warmup=0):
         for attr in ("apply", "apply_tapped", "zero_taps", "check_params", "check_batch", "output", "layer_shapes"):
             if not hasattr(model, attr):
                 raise ValueError(f"model {type(model).__name__} lacks {attr!r}; use classical.models.Network "
@@ -181,6 +186,7 @@ class KFAC(FusedStepOptimizer):
         check_positive("reject_damping_factor", reject_damping_factor)
         check_count("damping_interval", damping_interval)
         check_count("inverse_period", inverse_period)
+        check_count("inverse_warmup", inverse_warmup, minimum=0)
         check_count("stats_period", stats_period)
         if isinstance(curvature_batch_size, float):
             if not 0 < curvature_batch_size < 1:
@@ -207,6 +213,7 @@ class KFAC(FusedStepOptimizer):
         self.omega1 = float(damping_decay) ** int(damping_interval)
         self.min_damping, self.max_damping = float(min_damping), float(max_damping)
         self.inverse_period, self.stats_period = int(inverse_period), int(stats_period)
+        self.inverse_warmup = int(inverse_warmup)
         self.curvature_batch_size = curvature_batch_size
         self.ema_decay, self.inverse = float(ema_decay), inverse
         self.estimator, self.reject_damping_factor = estimator, float(reject_damping_factor)
@@ -296,13 +303,14 @@ class KFAC(FusedStepOptimizer):
             g = otu.tree_scale(n, lin.vjp(lin.ct[:lin.out.shape[0]])[1])
         return {k: LayerBatch(v, None if g is None else g[k]) for k, v in lin.inputs.items()}
 
-    def _update_statistics(self, state: KFACState, lin: Linearization, key, ok):
+    def _update_statistics(self, state: KFACState, batches, ok):
         """Stage 3: EMA of the statistics with ε_k = min(1 − 1/k, ``ema_decay``) at the k-th
-        update, every ``stats_period`` steps, skipped when the step's objective is not finite."""
+        update, every ``stats_period`` steps, skipped when the step's objective is not finite.
+        ``batches``: a thunk giving the step's layer batches (stage 2)."""
         def new_stats(_):
             k = state.n_stats + 1
             eps = jnp.minimum(1.0 - 1.0 / k.astype(F32), self.ema_decay)
-            return self.curvature.update(state.stats, self._layer_batches(lin, key), eps), k
+            return self.curvature.update(state.stats, batches(), eps), k
 
         keep = (state.stats, state.n_stats)
         if self.stats_period == 1:  # no conditional: XLA fuses better and copies nothing
@@ -310,10 +318,22 @@ class KFAC(FusedStepOptimizer):
         do_stats = ok & (state.step % self.stats_period == 0)
         return jax.lax.cond(do_stats, new_stats, lambda _: keep, None)
 
-    def _refresh(self, state: KFACState, stats, damping, ok):
-        """Stage 4: the curvature's factorization every ``inverse_period`` steps (and after a rejection)."""
-        do = ok & ((state.step % self.inverse_period == 0) | state.refresh)
-        return jax.lax.cond(do, lambda _: self.curvature.refresh(stats, damping), lambda _: (stats, state.cache), None)
+    def refresh_due(self, step):
+        """Whether step t refreshes on schedule: t < ``inverse_warmup`` or t ≡ 0 (mod ``inverse_period``)."""
+        return (step < self.inverse_warmup) | (step % self.inverse_period == 0)
+
+    def _refresh(self, state: KFACState, stats, damping, ok, batches):
+        """Stage 4: the curvature's factorization when ``refresh_due`` (and after a rejection). A
+        curvature that ``rebases`` (EKFAC) then re-estimates the statistics that
+        live in the new basis from this step's ``batches()`` (a thunk: run on refresh steps only)."""
+        def do_refresh(_):
+            new_stats, cache = self.curvature.refresh(stats, damping)
+            if getattr(self.curvature, "rebases", False):
+                new_stats = self.curvature.rebase(new_stats, batches())
+            return new_stats, cache
+
+        do = ok & (self.refresh_due(state.step) | state.refresh)
+        return jax.lax.cond(do, do_refresh, lambda _: (stats, state.cache), None)
 
     def _transform_gradient(self, state: KFACState, grads, params):
         """Stage 5a: the gradient that is preconditioned and the new ``aux`` (K-FAC: ∇h itself)."""
@@ -321,8 +341,8 @@ class KFAC(FusedStepOptimizer):
 
     def _quadratic_model(self, lin: Linearization, nat, v0, lam):
         """Stage 6: α, μ minimising M(δ) = ½ δᵀ(F + (λ+η) I)δ + ∇hᵀδ over δ = αΔ + μδ₀ (§7), with
-        exact Fisher (= GGN) products mean_n (J u)ᵀ H (J v) from JVPs, or the fixed α, μ.
-        Returns (α, μ, M₀(δ) − M₀(0) of the undamped model, or None for fixed α, μ)."""
+        exact Fisher (= GGN) products mean_n (J u)ᵀ H (J v) from JVPs (``classical.quadratic_model``),
+        or the fixed α, μ. Returns (α, μ, M₀(δ) − M₀(0) of the undamped model, or None for fixed α, μ)."""
         if self.learning_rate is not None:
             return jnp.asarray(self.learning_rate, F32), jnp.asarray(self.momentum, F32), None
         dist, eta, grads = self.model.output, self.l2_reg, lin.grads
@@ -334,18 +354,8 @@ class KFAC(FusedStepOptimizer):
         gd, g0 = otu.tree_vdot(grads, nat), otu.tree_vdot(grads, v0)
         c = lam + eta
         m11, m12, m22 = fdd + c * dd, fd0 + c * d0, f00 + c * s00
-        if self.momentum is None:
-            det = m11 * m22 - m12 ** 2
-            two = (s00 > 0) & (det > 1e-12 * m11 * m22)
-            safe = jnp.where(two, det, 1.0)
-            alpha = jnp.where(two, (-gd * m22 + g0 * m12) / safe, -gd / m11)
-            mu = jnp.where(two, (-g0 * m11 + gd * m12) / safe, 0.0)
-        else:
-            mu = jnp.asarray(self.momentum, F32)
-            alpha = -(gd + mu * m12) / m11
-        qchange = (0.5 * (alpha ** 2 * (m11 - lam * dd) + 2 * alpha * mu * (m12 - lam * d0)
-                          + mu ** 2 * (m22 - lam * s00)) + alpha * gd + mu * g0)
-        return alpha, mu, qchange
+        alpha, mu = minimise_alpha_mu(m11, m12, m22, gd, g0, self.momentum, has_velocity=s00 > 0)
+        return alpha, mu, undamped_change(alpha, mu, m11, m12, m22, gd, g0, lam, dd, d0, s00)
 
     def _adapt_damping(self, state: KFACState, lin: Linearization, delta, new_params, qchange, x, y, ok):
         """Stage 7: Levenberg–Marquardt (§6.5) on the same batch every ``damping_interval`` steps:
@@ -390,8 +400,9 @@ class KFAC(FusedStepOptimizer):
         key, k_sample = jax.random.split(state.key)
         lin = self._linearize_batch(params, x, y, grads)
         ok_here = jnp.isfinite(lin.objective) & all_finite(lin.grads)
-        stats, n_stats = self._update_statistics(state, lin, k_sample, ok_here)
-        stats, cache = self._refresh(state, stats, lam + eta, ok_here)
+        batches = functools.partial(self._layer_batches, lin, k_sample)
+        stats, n_stats = self._update_statistics(state, batches, ok_here)
+        stats, cache = self._refresh(state, stats, lam + eta, ok_here, batches)
         g_pre, aux = self._transform_gradient(state, lin.grads, params)
         nat = otu.tree_scale(-1.0, self.curvature.apply_inverse(stats, cache, g_pre, lam + eta))  # Δ = −F̃⁻¹∇h
         alpha, mu, qchange = self._quadratic_model(lin, nat, state.velocity, lam)

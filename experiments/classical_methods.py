@@ -35,7 +35,8 @@ def adam(lr):
 
 
 _OURS_ARGS = {"lr": "learning_rate", "momentum": "momentum", "damping": "damping", "adapt_damping": "adapt_damping",
-              "inverse_period": "inverse_period", "damping_interval": "damping_interval", "ema": "ema_decay",
+              "inverse_period": "inverse_period", "inverse_warmup": "inverse_warmup",
+              "damping_interval": "damping_interval", "ema": "ema_decay",
               "inverse": "inverse", "curvature_batch_size": "curvature_batch_size", "stats_period": "stats_period"}
 
 

@@ -116,10 +116,11 @@ def adam_target(runs, horizon) -> tuple[float, int]:
     return float(np.nanmin(mean[steps <= horizon])), int(min(horizon, steps[-1]))
 
 
-def first_reach(steps, walls, losses, target):
-    """(step, wall time) of the first evaluation with loss ≤ target, or (None, None)."""
+def first_reach(steps, walls, losses, target, cpus=None):
+    """(step, wall time[, process CPU time]) of the first evaluation with loss ≤ target, or Nones."""
     k = first_below(losses, target)
-    return (None, None) if k is None else (int(steps[k]), float(walls[k]))
+    hit = (None, None) if k is None else (int(steps[k]), float(walls[k]))
+    return hit if cpus is None else (*hit, None if k is None else float(cpus[k]))
 
 
 def summarize(runs_by_method: dict, target_method="adam", horizon=2000, error_name="test_error") -> dict:
@@ -142,11 +143,13 @@ def summarize(runs_by_method: dict, target_method="adam", horizon=2000, error_na
         row["wall_time_s"] = mean_std(final("wall_time"))[0]
         row["ms_per_step"] = float(np.median([1e3 * r["wall_time"][-1] / max(r["step"][-1], 1) for r in runs]))
         if target is not None:
-            hits = [first_reach(r["step"], r["wall_time"], r["train_loss"], target) for r in runs]
+            hits = [first_reach(r["step"], r["wall_time"], r["train_loss"], target, r.get("cpu_time")) for r in runs]
             got = [h for h in hits if h[0] is not None]
             row["reach_per_seed"], row["reached"] = [list(h) for h in hits], len(got)
             row["reach_step"], row["reach_step_std"] = mean_std([h[0] for h in got])
             row["reach_wall_s"], row["reach_wall_s_std"] = mean_std([h[1] for h in got])
+            if all(len(h) == 3 for h in hits):  # process CPU seconds (the machine may be shared)
+                row["reach_cpu_s"], row["reach_cpu_s_std"] = mean_std([h[2] for h in got])
         table[method] = row
     return {"target_method": target_method, "target_horizon": horizon, "target_train_loss": target, "methods": table}
 
@@ -155,20 +158,21 @@ def markdown_table(summary: dict, error_name="test_error") -> str:
     """The summary as a Markdown table (means ± std over seeds)."""
     tgt = summary["target_train_loss"]
     head = (f"| method | steps | train loss | {error_name} | wall s | ms/step | "
-            f"steps to {summary['target_method']}'s best | wall s to it |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+            f"steps to {summary['target_method']}'s best | wall s to it | CPU s to it |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
     for m, r in summary["methods"].items():
         if tgt is None:
-            reach = ["—", "—"]
+            reach = ["—", "—", "—"]
         elif not r["reached"]:
-            reach = [f"not reached (0/{r['seeds']})", "—"]
+            reach = [f"not reached (0/{r['seeds']})", "—", "—"]
         else:
             part = "" if r["reached"] == r["seeds"] else f" ({r['reached']}/{r['seeds']} seeds)"
+            cpu = f"{r['reach_cpu_s']:.1f} ± {r['reach_cpu_s_std']:.1f}" if "reach_cpu_s" in r else "—"
             reach = [f"{r['reach_step']:.0f} ± {r['reach_step_std']:.0f}{part}",
-                     f"{r['reach_wall_s']:.1f} ± {r['reach_wall_s_std']:.1f}"]
+                     f"{r['reach_wall_s']:.1f} ± {r['reach_wall_s_std']:.1f}", cpu]
         lines.append(f"| {m} | {r['steps']} | {r['train_loss']:.4g} ± {r['train_loss_std']:.2g} | "
                      f"{r[error_name]:.4g} ± {r[error_name + '_std']:.2g} | {r['wall_time_s']:.1f} | "
-                     f"{r['ms_per_step']:.0f} | {reach[0]} | {reach[1]} |")
+                     f"{r['ms_per_step']:.0f} | {reach[0]} | {reach[1]} | {reach[2]} |")
     if tgt is not None:
         lines.append(f"\ntarget: {summary['target_method']}'s best seed-mean training loss within "
                      f"{summary['target_horizon']} steps = {tgt:.4g}")

@@ -103,3 +103,39 @@ def test_ekfac_step_and_smoke():
     assert float(net.loss(p, x, y)) < 0.5 * loss0
     with pytest.raises(ValueError, match="s_decay"):
         ekfac(net, s_decay=1.5)
+
+
+@pytest.mark.parametrize("mode", ["batch", "kfac", "project"])
+def test_scaling_at_basis_refresh(mode):
+    """Step 0 refreshes the basis after the statistics update (ε₁ = 0: A, G and S are the batch's,
+    S in the identity basis). Then Q_A, Q_G diagonalise A, G and S is, per ``s_at_refresh``,
+    "batch": mean_n (Q_Aᵀ ∇W_n Q_G)² with ∇W_n from jax.grad of the n-th example's NLL (the
+    empirical Fisher, George et al. Algorithm 1); "kfac": the K-FAC eigenvalues diag(Q_AᵀAQ_A)
+    diag(Q_GᵀGQ_G)ᵀ (Thrandis/EKFAC-pytorch); "project": the diagonal of Kᵀ diag(vec S₀) K,
+    K = Q_A ⊗ Q_G, formed densely with np.kron."""
+    net = mlp([3, 4, 3], "tanh", "categorical")
+    params = net.init(jax.random.PRNGKey(4))
+    x = jax.random.normal(jax.random.PRNGKey(5), (8, 3), jnp.float32)
+    y = jnp.arange(8) % 3
+    opt = ekfac(net, s_at_refresh=mode, learning_rate=0.1, momentum=0.0, damping=0.1, adapt_damping=False,
+                estimator="empirical", inverse_period=1)
+    _, state, _ = opt.step(params, opt.init(params), (x, y))
+    per_example = jax.vmap(lambda xi, yi: jax.grad(lambda p: net.loss(p, xi[None], yi[None]))(params))(x, y)
+    for k in params:
+        st = {n: np.asarray(v, np.float64) for n, v in state.stats[k].items()}
+        q_a, q_g = st["Q_A"], st["Q_G"]
+        ev_a, ev_g = np.diag(q_a.T @ st["A"] @ q_a), np.diag(q_g.T @ st["G"] @ q_g)
+        np.testing.assert_allclose(st["A"] @ q_a, q_a * ev_a, atol=1e-5 * np.abs(st["A"]).max())
+        np.testing.assert_allclose(st["G"] @ q_g, q_g * ev_g, atol=1e-5 * np.abs(st["G"]).max())
+        grads = np.asarray(per_example[k], np.float64)
+        if mode == "batch":
+            want = np.mean(np.einsum("ia,nij,jg->nag", q_a, grads, q_g) ** 2, axis=0)
+        elif mode == "kfac":
+            want = np.maximum(np.outer(ev_a, ev_g), 0.0)
+        else:
+            s0 = np.mean(grads ** 2, axis=0)  # S after the first update, identity basis
+            kron = np.kron(q_a, q_g)
+            want = np.diag(kron.T @ np.diag(s0.ravel()) @ kron).reshape(s0.shape)
+        np.testing.assert_allclose(st["S"], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+    with pytest.raises(ValueError, match="s_at_refresh"):
+        EKFACBlock((3, 2), s_at_refresh="paper")

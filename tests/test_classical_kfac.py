@@ -276,6 +276,63 @@ def test_eigen_inverse_is_exact_damped_block_inverse():
                                    atol=1e-6)
 
 
+class _CountingCurvature:
+    """The default K-FAC curvature with a refresh counter beside its statistics."""
+
+    def __init__(self, inner):
+        self.inner, self.needs_preact_grads = inner, inner.needs_preact_grads
+
+    def init(self):
+        return self.inner.init(), jnp.zeros((), jnp.int32)
+
+    def update(self, stats, batches, decay):
+        return self.inner.update(stats[0], batches, decay), stats[1]
+
+    def refresh(self, stats, damping):
+        inner, cache = self.inner.refresh(stats[0], damping)
+        return (inner, stats[1] + 1), cache
+
+    def apply_inverse(self, stats, cache, grads, damping):
+        return self.inner.apply_inverse(stats[0], cache, grads, damping)
+
+
+def test_inverse_warmup_refreshes_every_step_then_periodically():
+    """inverse_warmup T₀ = 3, inverse_period T = 5: refreshes at steps {0, 1, 2} ∪ {0, 5, 10}
+    (counted by the curvature itself); for t < T₀ the parameters equal inverse_period=1's, and
+    they differ from the periodic schedule's from step 1 on (its inverses are step 0's)."""
+    from classical.blocks import KroneckerBlock, Layerwise
+
+    net = mlp([4, 5, 3], "tanh", "categorical")
+    params = net.init(jax.random.PRNGKey(10))
+    x, y = _data(net, 16)
+    kw = dict(learning_rate=0.2, momentum=0.5, damping=0.5, adapt_damping=False)
+
+    def run(steps, **settings):
+        blocks = _CountingCurvature(Layerwise.build(net.layer_shapes, KroneckerBlock))
+        opt = KFAC(net, blocks=blocks, **kw, **settings)
+        p, s, refreshed, path = params, opt.init(params), [], []
+        for t in range(steps):
+            count = int(s.stats[1])
+            p, s, _ = opt.step(p, s, (x, y))
+            if int(s.stats[1]) > count:
+                refreshed.append(t)
+            path.append(p)
+        return refreshed, path
+
+    warm, warm_path = run(12, inverse_period=5, inverse_warmup=3)
+    assert warm == [0, 1, 2, 5, 10]
+    periodic, periodic_path = run(3, inverse_period=5)
+    assert periodic == [0]
+    every, every_path = run(3, inverse_period=1)
+    assert every == [0, 1, 2]
+    for t in range(3):
+        for k in params:
+            np.testing.assert_array_equal(warm_path[t][k], every_path[t][k])
+    assert not np.allclose(warm_path[2]["layer00"], periodic_path[2]["layer00"])
+    with pytest.raises(ValueError, match="inverse_warmup"):
+        KFAC(net, inverse_warmup=-1)
+
+
 kfac_jax = pytest.importorskip("kfac_jax", reason="kfac-jax (the `ref` extra) is not installed")
 
 

@@ -27,7 +27,11 @@ A block is a small frozen dataclass built from the layer's weight shape (``shape
                                                    basis (EKFAC) returns them transformed, the
                                                    others return ``stats`` unchanged;
 * ``apply_inverse(stats, cache, grad, damping)``   the damped inverse applied to ∇W;
-* ``metric(stats) -> qgeom.metrics.Metric``        the curvature it approximates with.
+* ``metric(stats) -> qgeom.metrics.Metric``        the curvature it approximates with;
+* ``rebase(stats, batch) -> stats``                optional (``rebases = True``): right after a
+                                                   refresh, re-estimate the statistics that live
+                                                   in the new basis from this step's batch
+                                                   (EKFAC's scaling, George et al. Algorithm 1).
 
 ``damping`` is the total damping λ + η (η: the ℓ2 coefficient) at refresh and at apply; a
 block that bakes it into its cache (factored Tikhonov) ignores the value at apply.
@@ -102,6 +106,7 @@ class CurvatureBlock(abc.ABC):
     shape: tuple
 
     needs_preact_grads = True  # class attribute: does ``update`` read ``batch.preact_grads``?
+    rebases = False  # does ``rebase`` change the statistics after a refresh?
 
     @abc.abstractmethod
     def init(self) -> Stats:
@@ -122,6 +127,10 @@ class CurvatureBlock(abc.ABC):
     @abc.abstractmethod
     def metric(self, stats: Stats) -> Metric:
         """The block's curvature as a ``qgeom.metrics`` metric on W (``mv``/``solve``/``dense``)."""
+
+    def rebase(self, stats: Stats, batch: LayerBatch) -> Stats:
+        """Statistics re-estimated in the basis just refreshed (called only when ``rebases``)."""
+        return stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +155,13 @@ class Layerwise:
     @property
     def needs_preact_grads(self):
         return any(b.needs_preact_grads for b in self.blocks.values())
+
+    @property
+    def rebases(self):
+        return any(b.rebases for b in self.blocks.values())
+
+    def rebase(self, stats, batches: dict):
+        return {k: b.rebase(stats[k], batches[k]) if b.rebases else stats[k] for k, b in self.blocks.items()}
 
     def init(self):
         return {k: b.init() for k, b in self.blocks.items()}

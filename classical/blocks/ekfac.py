@@ -16,9 +16,15 @@ Frobenius-closest to the layer's exact Fisher block among all matrices diagonal 
     ΔW = Q_A [(Q_Aᵀ ∇W Q_G) / (S + λ)] Q_Gᵀ,
 
 with A, G (EMAs) eigendecomposed at every refresh (every T steps) and S re-estimated by an
-EMA at every statistics update. At a refresh, S is carried into the new basis as the
-diagonal of the previous EKFAC matrix there, S ← (P_Aᵀ Q_A)^∘2 S ((P_Gᵀ Q_G)^∘2)ᵀ (P the new
-bases), i.e. the Frobenius projection of the current estimate — rather than restarting it.
+EMA at every statistics update. What S becomes when the basis changes (``s_at_refresh``):
+
+* ``"batch"`` (default, the paper): Algorithm 1 runs ComputeEigenBasis(D) and then
+  ComputeScalings(D) on the same mini-batch D, so right after a refresh S is the second
+  moment of this step's per-example gradients in the new basis; the EMA restarts from it;
+* ``"kfac"`` (the authors' code, Thrandis/EKFAC-pytorch ``_compute_kfe``): S ← the K-FAC
+  eigenvalues α γᵀ of the new basis, i.e. EKFAC = K-FAC at the refresh;
+* ``"project"``: S ← (P_Aᵀ Q_A)^∘2 S ((P_Gᵀ Q_G)^∘2)ᵀ (P the new bases), the diagonal in the new
+  basis of the previous EKFAC matrix (its Frobenius projection).
 """
 
 from __future__ import annotations
@@ -46,13 +52,21 @@ class EKFACBlock(CurvatureBlock):
     """A, G (for the basis) and S (the KFE diagonal); the damped inverse is exact in the KFE.
 
     ``s_decay``: EMA decay of S, or ``None`` for the optimizer's statistics decay ε_k.
+    ``s_at_refresh``: ``"batch"``, ``"kfac"`` or ``"project"`` (module docstring).
     """
 
     s_decay: float | None = None
+    s_at_refresh: str = "batch"
 
     def __post_init__(self):
         if self.s_decay is not None and not 0 <= self.s_decay < 1:
             raise ValueError(f"s_decay must be in [0, 1) or None, got {self.s_decay!r}")
+        if self.s_at_refresh not in ("batch", "kfac", "project"):
+            raise ValueError(f"s_at_refresh must be 'batch', 'kfac' or 'project', got {self.s_at_refresh!r}")
+
+    @property
+    def rebases(self):
+        return self.s_at_refresh == "batch"
 
     def init(self):
         d_a, d_g = self.shape
@@ -70,10 +84,16 @@ class EKFACBlock(CurvatureBlock):
         return KroneckerEigenbasis(stats["Q_A"], stats["Q_G"], stats["S"])
 
     def refresh(self, stats, damping):
+        """New basis; S ← the K-FAC eigenvalues (``"kfac"``, and ``"batch"`` until ``rebase``) or the projection."""
         new = KroneckerEigenbasis.of_factors(stats["A"], stats["G"])
-        r_a = (new.Q_A.T @ stats["Q_A"]) ** 2
-        r_g = (new.Q_G.T @ stats["Q_G"]) ** 2
-        return {**stats, "Q_A": new.Q_A, "Q_G": new.Q_G, "S": r_a @ stats["S"] @ r_g.T}, None
+        s = new.S
+        if self.s_at_refresh == "project":
+            s = (new.Q_A.T @ stats["Q_A"]) ** 2 @ stats["S"] @ ((new.Q_G.T @ stats["Q_G"]) ** 2).T
+        return {**stats, "Q_A": new.Q_A, "Q_G": new.Q_G, "S": s}, None
+
+    def rebase(self, stats, batch: LayerBatch):
+        """``"batch"``: S ← this batch's second moment in the new basis (Algorithm 1's ComputeScalings)."""
+        return {**stats, "S": kfe_second_moment(batch, stats["Q_A"], stats["Q_G"])}
 
     def apply_inverse(self, stats, cache, grad, damping):
         return self.metric(stats).solve(grad, damping)
