@@ -60,12 +60,19 @@ FULL = dict(DEFAULT, methods=["nrws", "rws-adam", "rws-sgd", "ws"], train_size=1
             baseline_steps=4992, seeds=3, eval_every=156, eval_size=200, eval_k=100, final_size=1000, final_k=500)
 
 
-def binarized_mnist(train_size):
+@functools.cache
+def _binarized():
     d = load_mnist()
     rng = np.random.default_rng(0)
-    xtr = (rng.uniform(size=d.x_train.shape) < d.x_train).astype(np.float32)[:train_size]
+    xtr = (rng.uniform(size=d.x_train.shape) < d.x_train).astype(np.float32)
     xte = (rng.uniform(size=d.x_test.shape) < d.x_test).astype(np.float32)
     return xtr, xte
+
+
+def binarized_mnist(train_size):
+    """The first ``train_size`` training images and the test set, binarized stochastically (one draw, seed 0)."""
+    xtr, xte = _binarized()
+    return xtr[:train_size], xte
 
 
 def check_config(config):
@@ -174,19 +181,18 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     names = METHODS.select(config["methods"])
     xtr, xte = binarized_mnist(config["train_size"])
     sizes = [784, *config["hidden"]]
-    runs = {}
-    for name in names:
-        spec, steps = METHODS[name], config["steps" if name == "nrws" else "baseline_steps"]
-        fields = {k: config[k] for k in ("hidden", "train_size", "batch_size", "eval_every", "eval_size", "eval_k",
-                                         "final_size", "final_k")}
-        runs[name] = []
-        for seed in range(config["seeds"]):
+    fields = {k: config[k] for k in ("hidden", "train_size", "batch_size", "eval_every", "eval_size", "eval_k",
+                                     "final_size", "final_k")}
+    runs = {name: [] for name in names}
+    for seed in range(config["seeds"]):  # seeds outer: a study cut short has whole seeds of every method
+        for name in names:
+            spec, steps = METHODS[name], config["steps" if name == "nrws" else "baseline_steps"]
             key = cell_key(method=name, lr=spec.grid[0], seed=seed, steps=steps, **fields)
             path = ckdir / f"{name}-s{seed}-{key[:16]}.run.pkl"
             runs[name].append(cells.run(key, lambda: one_run(name, sizes, xtr, xte, config, seed, steps,
                                                                Checkpoint(path), on_step)))
             Checkpoint(path).clear()  # the cell holds the result now
-        print(f"{spec.label}: final test LL {np.mean([r['final_ll'] for r in runs[name]]):.2f} nats")
+            print(f"{spec.label} seed {seed}: final test LL {runs[name][-1]['final_ll']:.2f} nats", flush=True)
     table, horizon, target = summarize(runs, config)
     lines = _table_lines(table, names, config, horizon, target)
     verdict = _verdict(table, horizon, target)
