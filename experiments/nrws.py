@@ -16,7 +16,7 @@ as a cell (``results/nrws/checkpoints/``): a killed study resumes to the same nu
 
     qgeom nrws            # quick: 3 200 training images, 150 steps, 1 seed
     qgeom nrws --full     # reduced study: 10 000 images, NRWS 1 248 steps (4 epochs),
-                          # baselines 4 992 (16 epochs), 3 seeds, final LL with K = 500
+                          # baselines 2 496 (8 epochs), 3 seeds, final LL with K = 500
 
 Writes ``results/nrws/{summary.json,summary.md,curves.png}``.
 """
@@ -57,7 +57,7 @@ DEFAULT = {"methods": list(METHODS), "hidden": [200, 100, 10], "train_size": 320
            "baseline_steps": 150, "seeds": 1, "batch_size": 32, "eval_every": 50, "eval_size": 100,
            "eval_k": 100, "final_size": 200, "final_k": 500}
 FULL = dict(DEFAULT, methods=["nrws", "rws-adam", "rws-sgd", "ws"], train_size=10000, steps=1248,
-            baseline_steps=4992, seeds=3, eval_every=156, eval_size=200, eval_k=100, final_size=1000, final_k=500)
+            baseline_steps=2496, seeds=3, eval_every=156, eval_size=200, eval_k=100, final_size=1000, final_k=500)
 
 
 @functools.cache
