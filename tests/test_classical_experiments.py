@@ -91,7 +91,11 @@ def test_summary_reach_target():
     assert s["methods"]["sgd"]["reached"] == 0 and s["methods"]["sgd"]["reach_step"] is None
     assert cs.first_reach([0, 1], [0, 1], [3.0, 2.0], 1.0) == (None, None)
     table = cs.markdown_table(s)
-    assert "| kfac | 20 |" in table and "| 15 ± 5 | 5.0 ± 2.0 |" in table and "not reached (0/1)" in table
+    assert "| kfac | 20 |" in table and "| 15 ± 5 | 5.0 ± 2.0 | — |" in table and "not reached (0/1)" in table
+    for r in kfac:  # with process CPU times (here half the wall time) the CPU seconds to target come too
+        r["cpu_time"] = [w / 2 for w in r["wall_time"]]
+    s = cs.summarize({"adam": adam, "kfac": kfac}, horizon=20)
+    assert s["methods"]["kfac"]["reach_cpu_s"] == 2.5 and "| 5.0 ± 2.0 | 2.5 ± 1.0 |" in cs.markdown_table(s)
 
 
 # ------------------------------------------------------------------- resume
