@@ -39,9 +39,9 @@ from experiments.quantum_problems import (
 )
 
 DEFAULT = dict(n=[4], betas=[1.0], seeds=[0, 1], steps=150, search_steps=60, methods=list(QUANTUM),
-               ansatz="cx3", grid="short", max_cpu=None)
+               ansatz="cx3", grid="short", max_cpu=None, parallel="auto")
 FULL = dict(n=[4, 6, 8], betas=[0.5, 1.0, 2.0], seeds=[0, 1, 2], steps=20000, search_steps=300,
-            methods=list(QUANTUM), ansatz="cx3", grid="full", max_cpu=60.0)
+            methods=list(QUANTUM), ansatz="cx3", grid="full", max_cpu=60.0, parallel="auto")
 
 
 @functools.cache
@@ -72,20 +72,22 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     config, outdir = qs.prepare(config, outdir)
     methods = config["methods"]
     short = config["grid"] != "full"
+    parallel = qs.use_parallel(config)
     cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
     total = len(combos) * len(methods) * (len(QUANTUM[methods[0]].grid_for(short)) + len(config["seeds"]))
     bar = tqdm(total=total, desc="gibbs", disable=None if progress else True, dynamic_ncols=True)
-    summary = {"study": "gibbs", "config": config, "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": []}
+    summary = {"study": "gibbs", "config": config, "parallel": qs.parallel_info(parallel),
+               "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": []}
     tables = []
     for n, beta in combos:
         prob = problem(n, beta, config["ansatz"])
         bar.set_description(f"gibbs n={n} β={beta:g}")
         search = qs.step_size_search(cells, prob, methods, short, config["seeds"][0], config["search_steps"],
-                                     progress=bar, max_cpu=config["max_cpu"])
+                                     progress=bar, max_cpu=config["max_cpu"], parallel=parallel)
         winners = {m: s["winner"] for m, s in search.items()}
         runs = qs.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
-                            progress=bar, max_cpu=config["max_cpu"])
+                            progress=bar, max_cpu=config["max_cpu"], parallel=parallel)
         d_star = floor_estimate(runs)
         per_method = {m: qs.method_summary(runs[m], d_star) for m in methods}
         for s in per_method.values():
@@ -128,7 +130,7 @@ def _flags(parser) -> None:
     parser.add_argument("--grid", choices=["short", "full"], help="step-size grids (3 or 4 values per method)")
 
 
-STUDY = Study("gibbs", __doc__, run_study, DEFAULT, FULL, (qs.flags, _flags), _report)
+STUDY = Study("gibbs", __doc__, run_study, DEFAULT, FULL, (qs.flags, qs.parallel_flag, _flags), _report)
 main = STUDY.main
 
 

@@ -49,10 +49,11 @@ from experiments.quantum_problems import (
 
 ESTIMATORS = ("physical", "unbiased")
 DEFAULT = dict(n=[4], betas=[1.0], shots=[1000], estimators=["physical"], seeds=[0, 1], steps=150,
-               search_steps=60, methods=list(QUANTUM), ansatz="cx3", grid="short", max_cpu=None, data_seed=1234)
+               search_steps=60, methods=list(QUANTUM), ansatz="cx3", grid="short", max_cpu=None, data_seed=1234,
+               parallel="auto")
 FULL = dict(n=[4, 6], betas=[0.5, 1.0, 2.0], shots=[100, 1000, 10000, 100000], estimators=list(ESTIMATORS),
             seeds=[0, 1, 2], steps=1000, search_steps=300, methods=list(QUANTUM), ansatz="cx3", grid="full",
-            max_cpu=600.0, data_seed=1234)
+            max_cpu=600.0, data_seed=1234, parallel="auto")
 
 
 @functools.cache
@@ -166,27 +167,29 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     if any(s < 1 for s in shots_list):
         raise ValueError(f"shots must be positive integers, got {config['shots']}")
     short = config["grid"] != "full"
+    parallel = qs.use_parallel(config)
     sources = [(None, "exact")] + [(s, e) for s in shots_list for e in estimators]
     cells = Cells(Checkpoint(outdir / "checkpoint.pkl"), fresh=fresh, stop_after=stop_after)
     combos = [(n, float(b)) for n in config["n"] for b in config["betas"]]
     per_problem = len(methods) * len(config["seeds"])
     total = len(combos) * (sum(len(QUANTUM[m].grid_for(short)) for m in methods) + len(sources) * per_problem)
     bar = tqdm(total=total, desc="learn", disable=None if progress else True, dynamic_ncols=True)
-    summary = {"study": "learn", "config": config, "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": [],
+    summary = {"study": "learn", "config": config, "parallel": qs.parallel_info(parallel),
+               "grids": {m: list(QUANTUM[m].grid_for(short)) for m in methods}, "problems": [],
                "shots_summary": []}
     tables = []
     for n, beta in combos:
         exact = problem(n, beta, None, config["ansatz"], config["data_seed"])
         bar.set_description(f"learn n={n} β={beta:g}")
         search = qs.step_size_search(cells, exact, methods, short, config["seeds"][0], config["search_steps"],
-                                     progress=bar, max_cpu=config["max_cpu"])
+                                     progress=bar, max_cpu=config["max_cpu"], parallel=parallel)
         winners = {m: s["winner"] for m, s in search.items()}
         shot_rows, problem_tables = [], []
         for shots, estimator in sources:
             prob = problem(n, beta, shots, config["ansatz"], config["data_seed"],
                            "physical" if shots is None else estimator)
             runs = qs.long_runs(cells, prob, methods, winners, config["seeds"], config["steps"],
-                                progress=bar, max_cpu=config["max_cpu"])
+                                progress=bar, max_cpu=config["max_cpu"], parallel=parallel)
             d_star = floor_estimate(runs)
             per_method = {m: qs.method_summary(runs[m], d_star) for m in methods}
             shot_rows += [{"method": m, "shots": shots, "estimator": estimator, "seeds": len(runs[m]),
@@ -225,7 +228,7 @@ def _report(summary: dict) -> list[str]:
             + [f"plot: {p['plot']}" for p in summary["problems"]])
 
 
-STUDY = Study("learn", __doc__, run_study, DEFAULT, FULL, (qs.flags, _flags), _report)
+STUDY = Study("learn", __doc__, run_study, DEFAULT, FULL, (qs.flags, qs.parallel_flag, _flags), _report)
 main = STUDY.main
 
 

@@ -30,7 +30,7 @@ import optax
 
 import qgeom.optimize as opt
 from experiments.harness import Method, MethodSpec, Registry, train
-from experiments.quantum_problems import Problem
+from experiments.quantum_problems import Problem, n_params
 
 QUANTUM = Registry(
     MethodSpec("qpmd", "QPMD", lambda lr, model, **kw: opt.qpmd(model, lr, **kw), grid=(0.1, 0.3, 1.0, 3.0),
@@ -167,3 +167,131 @@ def search_score(trace: dict) -> float:
     D = trace["D"][np.isfinite(trace["D"])]
     tail = max(1, len(D) // 10)
     return float(np.mean(D[-tail:]))
+
+
+_BATCHED: dict = {}
+
+
+def _batched_run(problem: Problem, name: str, steps: int):
+    """``run(config, data)`` for ``qgeom.optimize.sweep``: ``steps`` steps of method ``name``
+    from ``model.init(PRNGKey(config["seed"]))`` at step size ``config["lr"]`` under
+    ``lax.scan``, the same jitted step as ``method`` and ``run_steps``' non-finite policy (the
+    first bad step freezes the run at its input, or at the step before when the input's loss
+    is not finite). Per step: the input's parameters, loss, ``ok``, the metric refresh count
+    and (when the problem has one) the side divergence; and the end point."""
+    with_div = problem.divergence is not None  # it closes over the problem's target: one compile each
+    key = (problem.key if with_div else problem.family, name, int(steps))
+    if key in _BATCHED:
+        return _BATCHED[key]
+    transform, jitted, _ = _compiled(problem, name)
+
+    def refreshes(state):
+        return jnp.asarray(getattr(getattr(state, "inner_state", None), "refreshes", 0))
+
+    def run(config, data):
+        p0 = problem.model.init(jax.random.PRNGKey(config["seed"]))
+        s0 = transform.init(p0)
+        s0.hyperparams["learning_rate"] = jnp.asarray(config["lr"], dtype=jnp.float64)
+
+        def body(carry, _):
+            p, s, pp, ps, live = carry
+            new, s2, value, ok = jitted(p, s, data)
+            back = live & ~ok & ~jnp.isfinite(value)  # the input itself is bad: the step before
+            go = live & ok
+
+            def pick(cond, a, b):
+                return jax.tree.map(lambda x, y: jnp.where(cond, x, y), a, b)
+
+            end_p, end_s = pick(back, pp, p), pick(back, ps, s)
+            out = {"params": p, "loss": value, "ok": ok, "refreshes": refreshes(s)}
+            if with_div:
+                out["D"] = problem.divergence(p)
+            return (pick(go, new, end_p), pick(go, s2, end_s), pick(go, p, pp), pick(go, s, ps), go), out
+
+        (p, s, *_), outs = jax.lax.scan(body, (p0, s0, p0, s0, jnp.asarray(True)), None, length=int(steps))
+        return {**outs, "end": p, "end_refreshes": refreshes(s)}
+
+    _BATCHED[key] = run
+    return run
+
+
+def run_cells(problem: Problem, name: str, lrs, seeds, steps: int, *, max_cpu: float | None = None,
+              report_points: int = 25, devices=None) -> list[dict]:
+    """``run_cell(problem, name, lr, seed, steps)`` for every pair of ``lrs`` × ``seeds`` (equal
+    lengths) as one vmapped program split over ``devices`` (``qgeom.optimize.sweep``).
+
+    The iterates are those of ``run_cell`` to rounding (the same jitted step, vmapped); D,
+    the reports, ``status`` and ``params`` are built as ``run_cell`` builds them. Clocks are
+    the batch's, amortized: its execution wall / process-CPU seconds (compile excluded)
+    divided evenly over its runs and steps (``batch`` holds the totals), so time-to-threshold
+    compares methods run the same way, not with serial runs. ``max_cpu`` ends a run where its
+    amortized CPU passes it (every run computes all steps first).
+    """
+    from qgeom.optimize.sweep import sweep
+
+    QUANTUM[name]
+    lrs, seeds = np.asarray(lrs, dtype=float), np.asarray(seeds, dtype=int)
+    if lrs.shape != seeds.shape or lrs.ndim != 1 or not lrs.size:
+        raise ValueError(f"lrs and seeds must be equal-length non-empty lists, got {lrs} and {seeds}")
+    if not np.all(np.isfinite(lrs) & (lrs > 0)):
+        raise ValueError(f"step sizes must be finite numbers > 0, got {lrs}")
+    n_par = n_params(problem.model)
+    if int(steps) * lrs.size * n_par * 8 > 2**30:
+        raise ValueError(f"{lrs.size} runs × {steps} steps × {n_par} parameters exceed the 1 GiB of iterates a "
+                         "batch keeps; run them serially (--parallel off)")
+    res = sweep(_batched_run(problem, name, steps), {"seed": seeds, "lr": lrs}, devices, shared=problem.data)
+    timing, evals = res["timing"], _compiled(problem, name)[2]
+    c_wall, c_cpu = (timing[k] / (lrs.size * steps) for k in ("wall_s", "cpu_s"))
+    reports = report_iterations(steps, report_points).tolist()
+    names = list(problem.evaluate(problem.model.init(jax.random.PRNGKey(0)))) if problem.evaluate else []
+    return [_trace(problem, name, res, i, lr, seed, steps, evals, (c_wall, c_cpu), max_cpu, reports, names, timing)
+            for i, (lr, seed) in enumerate(zip(lrs.tolist(), seeds.tolist()))]
+
+
+def _trace(problem, name, res, i, lr, seed, steps, evals, costs, max_cpu, reports, names, timing) -> dict:
+    """Run ``i`` of a ``run_cells`` batch in ``run_cell``'s trace shape."""
+    loss, ok = res["loss"][i], res["ok"][i]
+
+    def params_at(t):
+        return jax.tree.map(lambda a: a[i, t], res["params"]) if t < steps else jax.tree.map(lambda a: a[i],
+                                                                                                res["end"])
+
+    bad = np.flatnonzero(~ok)
+    n = int(bad[0]) if bad.size else steps  # steps gone on from (losses recorded)
+    done, status, end = n, "ok", jax.tree.map(lambda a: a[i], res["end"])
+    if bad.size:
+        value = float(loss[n])
+        done = n - 1 if not np.isfinite(value) and n > 0 else n
+        status = f"nan at step {n}: non-finite loss, gradient or update (loss = {value})"
+    cpu_clock = costs[1] * np.arange(1, n + 1)
+    over = np.flatnonzero(cpu_clock > max_cpu) if max_cpu is not None else []
+    if len(over):
+        n = done = int(over[0]) + 1
+        status, end = f"cpu limit at step {n}", params_at(n)
+    D, wall, cpu, grad_evals = (np.full(steps + 1, np.nan) for _ in range(4))
+    wall[:n + 1], cpu[:n + 1], grad_evals[:n + 1] = (c * np.arange(n + 1) for c in (*costs, evals))
+    if problem.divergence is None:
+        D[:n] = loss[:n] + problem.offset
+    else:
+        D[:n] = res["D"][i, :n]
+        D[n] = res["D"][i, n] if n < steps else np.nan
+    if not np.isfinite(D[done]):
+        D[done] = _divergence(problem, end)
+    last = int(np.max(np.nonzero(np.isfinite(D))[0], initial=0))
+    for a in (D, wall, cpu, grad_evals):
+        a[last + 1:] = np.nan
+    rows = [t for t in reports if t <= n] + ([done] if status.startswith("nan") and done in reports else [])
+    rep = {k: [] for k in names}
+    for t in rows if names else ():
+        for k, v in problem.evaluate(end if t == done else params_at(t)).items():
+            rep[k].append(float(v))
+    if names and (not rows or rows[-1] != last):
+        rows.append(last)
+        for k, v in problem.evaluate(end).items():
+            rep[k].append(float(v))
+    refreshes = res["refreshes"][i, done] if done < steps else res["end_refreshes"][i]
+    return {"method": name, "lr": float(lr), "seed": int(seed), "steps": int(steps),
+            "D": D, "time": wall, "cpu_time": cpu, "grad_evals": grad_evals, "metric_evals": int(refreshes),
+            "report_iters": np.asarray(rows if names else [], dtype=int), **{k: np.asarray(v) for k, v in rep.items()},
+            "status": status, "params": jax.tree.map(np.asarray, end),
+            "batch": {k: timing[k] for k in ("runs", "devices", "wall_s", "cpu_s", "compile_s")}}

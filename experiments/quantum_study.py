@@ -4,7 +4,10 @@ time-to-threshold summaries against the ansatz's floor D*, tables and curve plot
 * search: every method's grid (``QUANTUM``; the same size for every method) run for
   ``search_steps`` iterations from one seed; winner = lowest mean D over the last tenth;
 * long runs: every method at its winner for every seed;
-* each (problem, method, settings, step size, seed, steps) result is a resumable cell.
+* each (problem, method, settings, step size, seed, steps) result is a resumable cell;
+* with more than one device (or ``parallel="on"``) each method's grid, and its seeds, run as
+  one vmapped batch split over the devices (``quantum_methods.run_cells``): the same numbers to
+  rounding, clocks amortized over the batch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from experiments.harness.analysis import first_reach, per_iteration, reach_summa
 from experiments.harness.report import fmt, markdown_table, reached_tag
 from experiments.harness.store import atomic_write_json, atomic_write_text
 from experiments.harness.tune import tune
-from experiments.quantum_methods import QUANTUM, run_cell, search_score
+from experiments.quantum_methods import QUANTUM, run_cell, run_cells, search_score
 from experiments.quantum_problems import Problem
 
 
@@ -27,35 +30,62 @@ def check_methods(methods) -> list[str]:
     return QUANTUM.select(methods)
 
 
-def _cell(cells: Cells, problem: Problem, method: str, lr, seed: int, steps: int, max_cpu, progress, tag):
-    key = cell_key(problem=problem.key, method=method, settings=QUANTUM[method].settings, lr=lr, seed=seed,
-                   steps=steps, max_cpu=max_cpu)
-    if progress is not None:
-        progress.set_postfix_str(tag)
-    trace = cells.run(key, lambda: run_cell(problem, method, lr, seed, steps, max_cpu=max_cpu))
-    if progress is not None:
-        progress.update()
-    return trace
+def _key(problem: Problem, method: str, lr, seed: int, steps: int, max_cpu, parallel: bool) -> str:
+    fields = dict(problem=problem.key, method=method, settings=QUANTUM[method].settings, lr=lr, seed=seed,
+                  steps=steps, max_cpu=max_cpu)
+    return cell_key(**fields, batch="vmap") if parallel else cell_key(**fields)  # batch clocks are amortized
+
+
+def _cells(cells: Cells, problem: Problem, method: str, pairs, steps: int, max_cpu, progress, tags,
+           parallel: bool) -> list[dict]:
+    """One trace per (lr, seed) of ``pairs``, each a resumable cell: serially (``run_cell``) or,
+    with ``parallel``, the whole group as one vmapped batch over the devices (``run_cells``),
+    recomputed whole when any of its cells is missing so a resumed study gets the same numbers."""
+    keys = [_key(problem, method, lr, seed, steps, max_cpu, parallel) for lr, seed in pairs]
+    batch = None
+    if parallel and any(k not in cells.done for k in keys):
+        batch = run_cells(problem, method, [lr for lr, _ in pairs], [s for _, s in pairs], steps, max_cpu=max_cpu)
+    out = []
+    for i, (key, (lr, seed), tag) in enumerate(zip(keys, pairs, tags)):
+        if progress is not None:
+            progress.set_postfix_str(tag)
+        out.append(cells.run(key, (lambda i=i: batch[i]) if parallel else
+                             (lambda lr=lr, seed=seed: run_cell(problem, method, lr, seed, steps, max_cpu=max_cpu))))
+        if progress is not None:
+            progress.update()
+    return out
 
 
 def step_size_search(cells: Cells, problem: Problem, methods, short: bool, seed: int, steps: int, progress=None,
-                     max_cpu=None) -> dict:
+                     max_cpu=None, parallel: bool = False) -> dict:
     """Every grid value of every method for ``steps`` iterations from ``seed``:
-    ``{method: {"grid": [...], "scores": [...], "winner": lr}}``."""
+    ``{method: {"grid": [...], "scores": [...], "winner": lr}}``. ``parallel``: each method's
+    grid as one batch split over the devices (``_cells``)."""
     out = {}
     for m in methods:
-        res = tune(QUANTUM[m].grid_for(short),
-                   lambda lr: _cell(cells, problem, m, lr, seed, steps, max_cpu, progress, f"search {m} lr={lr:g}"),
-                   search_score)
+        grid = list(QUANTUM[m].grid_for(short))
+        traces = _cells(cells, problem, m, [(lr, seed) for lr in grid], steps, max_cpu, progress,
+                        [f"search {m} lr={lr:g}" for lr in grid], parallel)
+        res = tune(grid, lambda lr: traces[grid.index(lr)], search_score)
         out[m] = {"grid": res["grid"], "scores": res["scores"], "winner": res["winner"]}
     return out
 
 
 def long_runs(cells: Cells, problem: Problem, methods, winners: dict, seeds, steps: int, progress=None,
-              max_cpu=None) -> dict:
-    """Every method at its winning step size, every seed: ``{method: [trace per seed]}``."""
-    return {m: [_cell(cells, problem, m, winners[m], s, steps, max_cpu, progress, f"{m} seed={s}") for s in seeds]
-            for m in methods}
+              max_cpu=None, parallel: bool = False) -> dict:
+    """Every method at its winning step size, every seed: ``{method: [trace per seed]}``;
+    ``parallel``: each method's seeds as one batch split over the devices."""
+    return {m: _cells(cells, problem, m, [(winners[m], s) for s in seeds], steps, max_cpu, progress,
+                      [f"{m} seed={s}" for s in seeds], parallel) for m in methods}
+
+
+def use_parallel(config: dict) -> bool:
+    """``config["parallel"]``: "on", "off", or "auto" (default) = on when JAX sees more than one
+    device (several GPUs, or ``XLA_FLAGS=--xla_force_host_platform_device_count=k`` on a CPU)."""
+    import jax
+
+    mode = config.get("parallel", "auto")
+    return mode == "on" or (mode == "auto" and jax.device_count() > 1)
 
 
 def method_summary(traces: list[dict], d_star: float, deltas=(0.05, 0.01)) -> dict:
@@ -205,6 +235,21 @@ def flags(parser) -> None:
     parser.add_argument("--max-cpu", type=float, help="cap on each run's optimizer CPU seconds")
 
 
+def parallel_info(parallel: bool) -> dict:
+    """What the summary records: batched or not, over how many devices, and how its clocks read."""
+    import jax
+
+    return {"used": parallel, "devices": jax.device_count() if parallel else 1,
+            "clocks": "the batch's, divided evenly over its runs and steps" if parallel else "each run's own"}
+
+
+def parallel_flag(parser) -> None:
+    """``--parallel {auto,on,off}`` (``use_parallel``)."""
+    parser.add_argument("--parallel", choices=["auto", "on", "off"],
+                        help="batch each method's step-size grid and seeds as one vmapped program split over the "
+                        "devices: auto (default) = when more than one device is present")
+
+
 def prepare(config: dict, outdir) -> tuple[dict, Path]:
     """The validated config (``check_config``) and the output folder, created."""
     outdir = Path(outdir)
@@ -222,4 +267,6 @@ def check_config(config: dict) -> dict:
             raise ValueError(f"{key} must be >= 1, got {config[key]}")
     if "seeds" in config and not config["seeds"]:
         raise ValueError("need at least one seed")
+    if config.get("parallel", "auto") not in ("auto", "on", "off"):
+        raise ValueError(f"parallel must be 'auto', 'on' or 'off', got {config['parallel']!r}")
     return config
