@@ -198,8 +198,6 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
     Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
     first evaluation at or below Adam's best seed-mean training loss within ``steps``.
     """
-    from experiments.harness.report import save_panels
-
     out_dir = Path(out_dir)
     if fresh:
         shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
@@ -229,17 +227,27 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
     atomic_write_json(out_dir / "results.json", results)
     atomic_write_text(out_dir / "summary.md", f"# {title}\n\n{settings_text(results)}\n\n{results['table']}\n")
 
-    def curves(k):
-        return {m: [np.asarray(x[k]) for x in rs] for m, rs in runs.items()}
-
-    steps_x, wall_x = curves("step"), curves("wall_time")
-    save_panels(out_dir / "curves.png", [
-        dict(curves=curves("train_loss"), xs=steps_x, xlabel="step", ylabel="training loss", logy=True),
-        dict(curves=curves("test_error"), xs=steps_x, xlabel="step", ylabel=error_label, logy=True),
-        dict(curves=curves("train_loss"), xs=wall_x, xlabel="wall time (s)", ylabel="training loss", logy=True),
-        dict(curves=curves("test_error"), xs=wall_x, xlabel="wall time (s)", ylabel=error_label, logy=True)],
-        suptitle=title)
+    save_curves(out_dir / "curves.png", runs, error_label, title)
     return results
+
+
+def save_curves(path, runs: dict, error_label="test error", title="", methods=None):
+    """Training loss and ``error_label`` against steps, wall and process CPU seconds for
+    ``runs`` = {method: [run, …]} (``methods``: a subset, in that order); the CPU panels are
+    the fair ones on a shared machine."""
+    from experiments.harness.report import save_panels
+
+    names = list(runs) if methods is None else list(methods)
+
+    def curves(k):
+        return {m: [np.asarray(x[k]) for x in runs[m]] for m in names}
+
+    panels = []
+    for key, label in (("step", "step"), ("wall_time", "wall time (s)"), ("cpu_time", "process CPU time (s)")):
+        if all(key in x for m in names for x in runs[m]):
+            panels += [dict(curves=curves(y), xs=curves(key), xlabel=label, ylabel=ylab, logy=True)
+                       for y, ylab in (("train_loss", "training loss"), ("test_error", error_label))]
+    return save_panels(path, panels, suptitle=title)
 
 
 def report(results) -> list[str]:
