@@ -6,7 +6,10 @@
 * ``rs_kfac(model, rank=..., **settings)`` — randomized K-FAC (Puiu 2022):
   ``classical.blocks.randomized.RandomizedKroneckerBlock``;
 * ``kfac_tridiag(model, **settings)`` — block-tridiagonal K-FAC (Martens & Grosse 2015 §4.3):
-  ``classical.blocks.tridiagonal.TridiagonalKronecker`` over all layers.
+  ``classical.blocks.tridiagonal.TridiagonalKronecker`` over all layers;
+* ``tnt(model, form=..., **settings)`` — TNT (Ren & Goldfarb 2021): ``classical.blocks.tnt.TNTBlock``;
+* ``mbf(model, block_size=..., **settings)`` — mini-block Fisher (Bahamou, Goldfarb & Ren 2023):
+  ``classical.blocks.mini_block.MiniBlockFisherBlock`` with the empirical estimator.
 
 ``settings`` are ``KFAC``'s keyword arguments (learning rate, momentum, damping, periods, …).
 """
@@ -16,7 +19,9 @@ from __future__ import annotations
 import functools
 
 from classical.blocks.ekfac import EKFACBlock
+from classical.blocks.mini_block import MiniBlockFisherBlock
 from classical.blocks.randomized import RandomizedKroneckerBlock
+from classical.blocks.tnt import TNTBlock
 from classical.blocks.tridiagonal import TridiagonalKronecker
 from classical.kfac import KFAC
 
@@ -56,3 +61,30 @@ def kfac_tridiag(model, **settings) -> KFAC:
     cross-layer statistics E[ā_{i−1} ā_iᵀ], E[g_i g_{i+1}ᵀ] (dense layers only)."""
     _no_blocks(settings, "kfac_tridiag")
     return KFAC(model, blocks=TridiagonalKronecker(dict(model.layer_shapes)), **settings)
+
+
+def tnt(model, *, form="minibatch", **settings) -> KFAC:
+    """TNT: the sampled-target gradient modelled as tensor-normal, F_W ≈ Ũ_1 ⊗ Ũ_2 with the authors'
+    same-trace normalisation, on every layer (``form`` "minibatch" as the authors' code, or
+    "per_example"; see ``classical.blocks.tnt``). Keeps K-FAC's sampled-target estimator."""
+    _no_blocks(settings, "tnt")
+    if settings.get("estimator", "fisher") != "fisher":
+        raise ValueError("tnt models the sampled-target (true) Fisher: estimator must be 'fisher'")
+    return KFAC(model, blocks=functools.partial(TNTBlock, form=form), **settings)
+
+
+def mbf(model, *, block_size=16, **settings) -> KFAC:
+    """MBF: every layer's empirical-Fisher block cut into mini-blocks, inverted as one batch —
+    dense layers into runs of ``block_size`` rows per output unit, conv layers into one k_h·k_w
+    kernel slice per (input, output) channel pair (kernel sizes read from ``model``); see
+    ``classical.blocks.mini_block``. Uses the empirical estimator (data labels)."""
+    from classical.models import Conv2D
+
+    _no_blocks(settings, "mbf")
+    if settings.setdefault("estimator", "empirical") != "empirical":
+        raise ValueError("mbf preconditions with the empirical Fisher: estimator must be 'empirical'")
+    kernels = {f"layer{i:02d}": tuple(layer.kernel_size) for i, layer in enumerate(model.layers)
+               if isinstance(layer, Conv2D)}
+    blocks = {name: functools.partial(MiniBlockFisherBlock, block_size=block_size, kernel_size=kernels.get(name))
+              for name in model.layer_shapes}
+    return KFAC(model, blocks=blocks, **settings)

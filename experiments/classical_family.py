@@ -12,9 +12,9 @@ Curvature family (K-FAC's ``init/step`` shape; ``lr``, ``momentum``, ``damping``
   refuses a conv net with a ``ValueError`` at build time;
 * ``rs_kfac`` — ``classical.rs_kfac`` (Puiu 2022), extra ``rank``, ``oversample``, ``power_iters``;
 * ``kld_wrm`` — ``classical.kld_wrm`` (SO-KLD-WRM, Puiu 2022); needs a fixed ``lr``;
-* ``tnt`` — ``KFAC`` with ``classical.blocks.tnt.TNTBlock`` on every layer (Ren & Goldfarb
+* ``tnt`` — ``classical.tnt``: ``classical.blocks.tnt.TNTBlock`` on every layer (Ren & Goldfarb
   2021; sampled targets, the authors' same-trace normalisation), extra ``form``;
-* ``mbf`` — ``KFAC`` with ``classical.blocks.mini_block.MiniBlockFisherBlock`` (Bahamou,
+* ``mbf`` — ``classical.mbf``: ``classical.blocks.mini_block.MiniBlockFisherBlock`` (Bahamou,
   Goldfarb & Ren 2023) and the empirical estimator; dense layers cut into ``block_size`` rows,
   conv layers into kernel slices;
 * ``hessian_free`` — ``classical.hessian_free.HessianFree`` (Martens 2010): CG on exact
@@ -30,7 +30,6 @@ theirs and their (lr, ε) at batch N is (N·lr, √N·ε) here (``tnt_units``).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import optax
@@ -74,24 +73,14 @@ def kld_wrm(problem: Problem, seed: int = 0, **hp):
     return build_ours(classical.kld_wrm, problem, seed, hp)
 
 
-def tnt(problem: Problem, seed: int = 0, form="minibatch", **hp):
-    """TNT: tensor-normal factors Ũ_1 ⊗ Ũ_2 per layer (needs ``lr``)."""
-    from classical.blocks.tnt import TNTBlock
-    from classical.kfac import KFAC
-
-    return build_ours(functools.partial(KFAC, blocks=functools.partial(TNTBlock, form=form)), problem, seed, hp)
+def tnt(problem: Problem, seed: int = 0, **hp):
+    """TNT (``classical.tnt``): tensor-normal factors Ũ_1 ⊗ Ũ_2 per layer (needs ``lr``)."""
+    return build_ours(classical.tnt, problem, seed, hp, extra=CURVATURE_EXTRA["tnt"])
 
 
-def mbf(problem: Problem, seed: int = 0, block_size=16, **hp):
-    """MBF: mini-blocks of the empirical Fisher (needs ``lr``); conv layers use kernel slices."""
-    from classical.blocks.mini_block import MiniBlockFisherBlock
-    from classical.kfac import KFAC
-
-    kernels = {f"layer{i:02d}": tuple(layer.kernel_size) for i, layer in enumerate(problem.net.layers)
-               if isinstance(layer, models.Conv2D)}
-    blocks = {name: functools.partial(MiniBlockFisherBlock, block_size=block_size, kernel_size=kernels.get(name))
-              for name in problem.net.layer_shapes}
-    return build_ours(functools.partial(KFAC, blocks=blocks, estimator="empirical"), problem, seed, hp)
+def mbf(problem: Problem, seed: int = 0, **hp):
+    """MBF (``classical.mbf``): mini-blocks of the empirical Fisher (needs ``lr``); conv layers use kernel slices."""
+    return build_ours(classical.mbf, problem, seed, hp, extra=CURVATURE_EXTRA["mbf"])
 
 
 def hessian_free(problem: Problem, seed: int = 0, lr=1.0, **hp):

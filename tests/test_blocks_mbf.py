@@ -6,15 +6,19 @@ and builds the mini-block mask from the partition written out by hand. Float32 s
 entries over N = 12 examples: rtol 1e-5 (≈ 100 u32); the solve adds u32·cond(F_masked + λI).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import classical
 import qgeom  # noqa: F401
 from classical.blocks.base import LayerBatch
 from classical.blocks.mini_block import MiniBlockFisherBlock, mini_block_rows
-from classical.models import Dense, Network
+from classical.kfac import KFAC
+from classical.models import Conv2D, Dense, Flatten, Network
 
 N = 12
 U32 = np.finfo(np.float32).eps
@@ -112,3 +116,26 @@ def test_unit_wise_limit_and_partition_checks():
         mini_block_rows(6, kernel_size=(2, 2))
     with pytest.raises(ValueError, match="block_size"):
         MiniBlockFisherBlock((5, 3), block_size=0)
+
+
+def test_factory_reads_conv_kernels_and_steps_like_the_hand_built_kfac():
+    """``classical.mbf`` on a conv net equals ``KFAC`` given the blocks by hand (kernel slices for the
+    conv layer, rows of 4 for the dense one, empirical estimator), step for step; and it refuses
+    the sampled-target estimator."""
+    net = Network([Conv2D(2, (2, 2), activation="tanh"), Flatten(), Dense(3, "linear")], (3, 3, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (N, 3, 3, 1), jnp.float32)
+    y = jax.random.randint(jax.random.PRNGKey(1), (N,), 0, 3)
+    blocks = {"layer00": functools.partial(MiniBlockFisherBlock, kernel_size=(2, 2)),
+              "layer02": functools.partial(MiniBlockFisherBlock, block_size=4)}
+    settings = dict(learning_rate=0.1, momentum=0.5, damping=0.3, adapt_damping=False)
+    params = net.init(jax.random.PRNGKey(2))
+    ours, ref = classical.mbf(net, block_size=4, **settings), KFAC(net, blocks=blocks, estimator="empirical", **settings)
+    pa, sa, pb, sb = params, ours.init(params), params, ref.init(params)
+    for _ in range(2):
+        pa, sa, _ = ours.step(pa, sa, (x, y))
+        pb, sb, _ = ref.step(pb, sb, (x, y))
+    for k in params:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    assert not np.allclose(pa["layer00"], params["layer00"])
+    with pytest.raises(ValueError, match="empirical"):
+        classical.mbf(net, estimator="fisher")

@@ -8,15 +8,19 @@ c·U_1 ⊗ U_2 is ours divided by N too. Float32 factors of O(1) entries summed 
 examples: rtol 1e-5 (≈ 100 u32).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from kfac_jax_reference import tanh_mlp_loss
 
+import classical
 import qgeom  # noqa: F401
 from classical.blocks.base import LayerBatch
 from classical.blocks.tnt import TNTBlock, normalized_factors, tnt_factors
+from classical.kfac import KFAC
 from classical.models import mlp
 
 kfac_jax = pytest.importorskip("kfac_jax", reason="kfac-jax (the `ref` extra) is not installed")
@@ -116,3 +120,26 @@ def test_init_is_identity_and_bad_form_raises():
     np.testing.assert_allclose(block.metric(block.init()).dense(), np.eye(12))
     with pytest.raises(ValueError, match="form"):
         TNTBlock((4, 3), form="dense")
+
+
+def test_factory_steps_like_the_hand_built_kfac():
+    """``classical.tnt(net, form=...)`` equals ``KFAC(net, blocks=partial(TNTBlock, form=...))`` step
+    for step (same seed, same sampled targets); it refuses the empirical estimator and ``blocks``."""
+    net = mlp((5, 4, 3), "tanh", "categorical")
+    x = jax.random.normal(jax.random.PRNGKey(0), (16, 5), jnp.float32)
+    y = jax.random.randint(jax.random.PRNGKey(1), (16,), 0, 3)
+    settings = dict(learning_rate=0.1, momentum=0.5, damping=0.3, adapt_damping=False, seed=3)
+    params = net.init(jax.random.PRNGKey(2))
+    ours = classical.tnt(net, form="per_example", **settings)
+    ref = KFAC(net, blocks=functools.partial(TNTBlock, form="per_example"), **settings)
+    pa, sa, pb, sb = params, ours.init(params), params, ref.init(params)
+    for _ in range(2):
+        pa, sa, _ = ours.step(pa, sa, (x, y))
+        pb, sb, _ = ref.step(pb, sb, (x, y))
+    for k in params:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    assert not np.allclose(pa["layer00"], params["layer00"])
+    with pytest.raises(ValueError, match="estimator must be 'fisher'"):
+        classical.tnt(net, estimator="empirical")
+    with pytest.raises(ValueError, match="blocks"):
+        classical.tnt(net, blocks=TNTBlock)
