@@ -24,6 +24,7 @@ COMMANDS = {
     "bench-metrics": ("experiments.bench_metrics", "BKM metric vs relative-entropy Hessian timing"),
     "bench-simulator": ("experiments.bench_simulator", "VQT loss+gradient: ours vs a jitted PennyLane QNode"),
     "bench-kfac": ("experiments.bench_kfac", "ms per step: K-FAC vs kfac-jax vs optax"),
+    "bench-shape": ("experiments.bench_shape", "roofline: Shampoo, SOAP, TNT, MBF, M-FAC steps by part (MACs, CPU s)"),
     "bench-gpu": ("experiments.bench_gpu", "GPU: VQT vs PennyLane, structured BKM, K-FAC vs SGD/kfac-jax (refuses without a GPU)"),
     "spectra": ("experiments.spectra", "Lanczos/SLQ spectra of batch Hessian and GGN vs batch size; CG vs Nyström-PCG"),
     "batch-scaling": ("experiments.batch_scaling", "largest stable / best lr of SGD and Adam, K-FAC's min damping vs batch size"),
