@@ -40,7 +40,9 @@ On CPUs (tests), ``initialize(cpu_collectives="gloo")`` selects JAX's gloo colle
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 
 import jax
@@ -121,7 +123,8 @@ def shard_step(step: Callable, mesh, *, batch_argnum: int = 2, donate_argnums: S
 
     ``step`` is any function of (params, state, batch, ...) returning replicated pytrees, e.g.
     ``KFAC(model, ...).step`` or an optax step. The batch is checked (same leading size,
-    divisible by the device count) before anything is compiled.
+    divisible by the device count) before anything is compiled. ``shard_step(...).lower(*args)``
+    is the jitted step's lowering (for ``collective_bytes``).
     """
     n_dev = _check_mesh(mesh)
     rep, split = replicated(mesh), batch_sharding(mesh)
@@ -131,16 +134,20 @@ def shard_step(step: Callable, mesh, *, batch_argnum: int = 2, donate_argnums: S
 
     cache = {}
 
-    def wrapped(*args):
+    def jitted(args):
         if not 0 <= batch_argnum < len(args):
             raise ValueError(f"batch_argnum {batch_argnum} out of range for {len(args)} arguments")
         check_batch(args[batch_argnum], mesh)
         if len(args) not in cache:
             cache[len(args)] = jax.jit(step, in_shardings=shardings(len(args)), out_shardings=rep,
                                        donate_argnums=tuple(donate_argnums))
-        return cache[len(args)](*args)
+        return cache[len(args)]
+
+    def wrapped(*args):
+        return jitted(args)(*args)
 
     wrapped.n_devices = n_dev
+    wrapped.lower = lambda *args: jitted(args).lower(*args)  # e.g. collective_bytes(step.lower(...).compile())
     return wrapped
 
 
@@ -222,14 +229,95 @@ class SpreadRefresh:
         self.owners = dict(zip(names, assign_refresh([costs[k] for k in names], n_dev)))
 
     def refresh(self, stats, damping):
-        fns = {k: (lambda st, b=b: b.refresh(st, damping)) for k, b in self.inner.blocks.items()}
+        # a block whose refresh passes its statistics through (Kronecker: the same object at trace
+        # time) broadcasts its inverses only; the local call is traced, unused, and dropped by XLA
+        same = {k: b.refresh(stats[k], damping)[0] is stats[k] for k, b in self.inner.blocks.items()}
+        fns = {k: (lambda st, b=b, i=same[k]: b.refresh(st, damping)[1] if i else b.refresh(st, damping))
+               for k, b in self.inner.blocks.items()}
         out = spread_refresh(fns, stats, self.mesh, self.owners)
-        return {k: o[0] for k, o in out.items()}, {k: o[1] for k, o in out.items()}
+        return ({k: stats[k] if same[k] else o[0] for k, o in out.items()},
+                {k: o if same[k] else o[1] for k, o in out.items()})
 
     def __getattr__(self, name):  # init, update, apply_inverse, metric, needs_preact_grads
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+_COLLECTIVE = re.compile(r"(all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all)(-start)?$")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([\d,]*)\]")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?\S+\s*=\s*(\(.*?\)|\S+)\s+([\w-]+)\((.*)$")
+_CALLEES = re.compile(r"\b(?:calls|to_apply|body|condition|true_computation|false_computation)=%?([\w.\-]+)"
+                      r"|branch_computations=\{([^}]*)\}")
+
+
+def _array_bytes(types: str) -> list[int]:
+    return [_DTYPE_BYTES[t] * math.prod(int(d) for d in dims.split(",") if d) for t, dims in _ARRAY.findall(types)]
+
+
+def _group_size(attrs: str, n_partitions: int) -> int:
+    iota = re.search(r"replica_groups=\[(\d+),(\d+)\]", attrs)
+    if iota:
+        return int(iota.group(2))
+    listed = re.search(r"replica_groups=\{\{([\d,]*)\}", attrs)
+    return len(listed.group(1).split(",")) if listed else n_partitions
+
+
+def collective_bytes(compiled) -> dict:
+    """Bytes each device contributes to the collectives of a compiled (SPMD-partitioned) program,
+    read from its HLO (``jax.jit(f).lower(...).compile()`` or its ``as_text()``).
+
+    Payload per device: all-reduce and all-to-all and collective-permute move their operand,
+    all-gather its operand (result / group), reduce-scatter its operand (result × group); an
+    async ``-start`` counts once. Returns ``{"every_step": bytes outside any conditional,
+    "conditional": {location of the ``lax.cond``: bytes of its costliest branch}, "ops": [{"op",
+    "bytes", "shapes", "where", "source"}]}``; a collective inside a while loop counts once
+    (``where`` says "loop")."""
+    text = compiled if isinstance(compiled, str) else compiled.as_text()
+    parts = re.search(r"num_partitions=(\d+)", text)
+    n_partitions = int(parts.group(1)) if parts else 1
+    comps, entry, current = {}, None, None
+    for line in text.splitlines():
+        if line and not line[0].isspace() and line.rstrip().endswith("{"):
+            head = line.split()
+            current = (head[1] if head[0] == "ENTRY" else head[0]).lstrip("%")
+            comps[current] = []
+            entry = current if head[0] == "ENTRY" else entry
+        elif current is not None and (m := _INSTRUCTION.match(line)):
+            source = re.search(r'source_file="([^"]*)" source_line=(\d+)', line)
+            where = f"{os.path.basename(source.group(1))}:{source.group(2)}" if source else "?"
+            callees = [c.strip().lstrip("%") for a, b in _CALLEES.findall(line) for c in ([a] if a else b.split(","))]
+            comps[current].append((m.group(1), m.group(2), m.group(3), where, callees))
+    if entry is None:
+        raise ValueError("no ENTRY computation in the HLO text")
+    ops = []
+
+    def visit(name, where, seen):
+        for types, opcode, attrs, source, callees in comps.get(name, ()):
+            kind = _COLLECTIVE.match(opcode)
+            if kind:
+                sizes, group = _array_bytes(types), _group_size(attrs, n_partitions)
+                if kind.group(2) and kind.group(1) != "all-reduce":  # (operand, result, ...) of an async start
+                    size = sizes[0]
+                else:
+                    size = {"all-gather": sum(sizes) // group, "reduce-scatter": sum(sizes) * group}.get(
+                        kind.group(1), sum(sizes))
+                ops.append({"op": kind.group(1), "bytes": size, "shapes": types, "where": where, "source": source})
+            for i, callee in enumerate(c for c in callees if c not in seen):
+                step = (f"{source} branch {i}",) if opcode == "conditional" else ("loop",) if opcode == "while" else ()
+                visit(callee, where + step, seen | {callee})
+
+    visit(entry, (), frozenset({entry}))
+    branches = {}
+    for op in ops:
+        if op["where"]:
+            cond = " > ".join(w.rsplit(" branch ", 1)[0] for w in op["where"])
+            branches.setdefault(cond, {}).setdefault(op["where"], 0)
+            branches[cond][op["where"]] += op["bytes"]
+    return {"every_step": sum(op["bytes"] for op in ops if not op["where"]),
+            "conditional": {k: max(v.values()) for k, v in branches.items()}, "ops": ops}
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None, *, cpu_collectives=None) -> None:

@@ -106,6 +106,41 @@ FOUR_DEVICES = PROBLEM + textwrap.dedent("""
         serial.append(losses)
     out["sweep"] = {"parallel": res["loss"].tolist(), "serial": serial, "bad": res["nonfinite_runs"].tolist(),
                     "params": int(sum(np.size(v) for v in jax.tree.leaves(p)))}
+    # communication per step, read from the compiled programs (bytes each device contributes)
+    args = (dist.replicate(p0, mesh), None, dist.shard_batch((x, y), mesh))
+    adaptive = KFAC(net, damping=1.0, inverse_period=2)
+    spread_kfac = KFAC(net, inverse="eigen", blocks=dist.SpreadRefresh(net.layer_shapes, mesh, inverse="eigen"),
+                       **settings)
+    steps = {"kfac": optimizers["kfac"], "kfac-adaptive": adaptive, "kfac-spread": spread_kfac}
+    out["comm"] = {name: dist.collective_bytes(dist.shard_step(o.step, mesh).lower(
+        args[0], dist.replicate(o.init(p0), mesh), args[2]).compile()) for name, o in steps.items()}
+    out["comm"]["adam"] = dist.collective_bytes(dist.shard_step(adam_step, mesh).lower(
+        args[0], dist.replicate(adam.init(p0), mesh), args[2]).compile())
+    out["comm"] = {k: {"every_step": v["every_step"], "conditional": sorted(v["conditional"].values()),
+                       "ops": sorted({o["op"] for o in v["ops"]})} for k, v in out["comm"].items()}
+    out["layer_shapes"] = net.layer_shapes
+    # the Gibbs study (search + long runs) serially and batched over the 4 devices, the batched one
+    # killed after 2 cells and resumed
+    import tempfile
+    from experiments import gibbs
+    from experiments.harness import Checkpoint
+    cfg = dict(gibbs.DEFAULT, n=[3], seeds=[0, 1], steps=8, search_steps=8, methods=["qpngd"], ansatz="cx1")
+    study = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("off", "auto"):
+            try:
+                gibbs.run_study(dict(cfg, parallel=mode), f"{tmp}/{mode}", progress=False, stop_after=2)
+            except KeyboardInterrupt:
+                pass
+            summary = gibbs.run_study(dict(cfg, parallel=mode), f"{tmp}/{mode}", progress=False)
+            cells = Checkpoint(f"{tmp}/{mode}/checkpoint.pkl").load()["cells"].values()
+            prob = summary["problems"][0]
+            study[mode] = {"parallel": summary["parallel"], "D_star": prob["D_star"], "search": prob["search"],
+                           "methods": {m: {k: v[k] for k in ("final_D", "floor_D", "final_fidelity", "status")}
+                                       for m, v in prob["methods"].items()},
+                           "traces": {f"{c['method']} {c['lr']:g} {c['seed']}": np.nan_to_num(c["D"], nan=-1).tolist()
+                                      for c in cells}}
+    out["study"] = study
     try:
         dist.shard_step(optimizers["kfac"].step, mesh)(p0, optimizers["kfac"].init(p0), (x[:30], y[:30]))
         out["bad_batch"] = "accepted"
@@ -169,6 +204,76 @@ def test_parallel_sweep_on_4_devices_equals_serial_loop(four_devices):
     tol = (8 + res["params"]) * np.finfo(np.float64).eps * 3.0**10 * np.abs(ser).max()
     np.testing.assert_allclose(par, ser, rtol=0, atol=tol)
     assert np.all(ser[:, -1] < ser[:, 0])  # the runs did train
+
+
+def test_gibbs_study_batched_on_4_devices_equals_serial_study(four_devices):
+    """``qgeom gibbs`` (n = 3, QPNGD, search + long runs, a kill and resume) batched over 4
+    devices equals the serial study. Tolerance as for the sweep: (2ⁿ + P)·ε₆₄ per loss and
+    gradient (P = 12), grown by at most 1 + η‖(G + μ)⁻¹‖‖∇²L‖ ≤ 11 per step (η ≤ 1; the
+    damped BKM metric G + μ ⪰ I after QPNGD's shift; ‖∇²L‖ ≲ 10 as for the sweep) over T = 8
+    steps, relative to max |D|."""
+    ser, par = four_devices["study"]["off"], four_devices["study"]["auto"]
+    assert ser["parallel"]["used"] is False and par["parallel"]["used"] is True and par["parallel"]["devices"] == 4
+    # per method: 3 search runs (seed 0) and the winner's seeds 0 (the same cell as its search run) and 1
+    assert ser["traces"].keys() == par["traces"].keys() and len(ser["traces"]) == 3 + 1
+    scale = max(np.abs(np.asarray(t)).max() for t in ser["traces"].values())
+    tol = (8 + 12) * np.finfo(np.float64).eps * 11.0**8 * scale
+    for key, trace in ser["traces"].items():
+        np.testing.assert_allclose(par["traces"][key], trace, rtol=0, atol=tol, err_msg=key)
+        assert -1 not in trace  # no run stopped early
+    assert abs(par["D_star"] - ser["D_star"]) <= tol
+    for m, s in ser["search"].items():
+        assert par["search"][m]["winner"] == s["winner"]
+        np.testing.assert_allclose(par["search"][m]["scores"], s["scores"], rtol=0, atol=tol)
+        for k in ("final_D", "floor_D", "final_fidelity"):
+            assert abs(par["methods"][m][k] - ser["methods"][m][k]) <= tol, (m, k)
+        assert par["methods"][m]["status"] == ser["methods"][m]["status"] == ["ok", "ok"]
+        assert ser["methods"][m]["final_D"] < ser["traces"][f"{m} {s['winner']:g} 0"][0]  # the winners trained
+
+
+def test_sharded_step_collective_bytes_on_4_devices_equal_analytical_count(four_devices):
+    """Bytes per device per step in the compiled HLO's all-reduces against the count from the
+    algorithm, float32 (4 bytes) throughout. Every layer (W: d_out × d_in, bias d_out) all-reduces
+    its gradient (P floats in all); K-FAC adds A = E[ā āᵀ] — of ā = (a, 1) only E[a aᵀ] and E[a]
+    vary (d_in² + d_in) — and G = E[g gᵀ] (d_out²); one scalar is the loss; the adaptive α, μ add
+    the quadratic model's three batch means (Δᵀ F Δ, Δᵀ F δ₀, δ₀ᵀ F δ₀) and its damping step the
+    loss at θ + δ (in the ``lax.cond`` of the damping interval). The spread refresh broadcasts
+    what the eigen refresh caches — the eigenbases Q_A, Q_G and the Kronecker eigenvalues
+    S = λ_A λ_Gᵀ (d_A² + d_G² + d_A·d_G; the statistics stay replicated) — in the refresh
+    ``lax.cond`` (every T steps); the replicated refresh moves nothing."""
+    shapes = [(a - 1, g) for a, g in four_devices["layer_shapes"].values()]
+    P = sum((d_in + 1) * d_out for d_in, d_out in shapes)
+    stats = sum(d_in**2 + d_in + d_out**2 for d_in, d_out in shapes)
+    eig = sum((d_in + 1) ** 2 + d_out**2 + (d_in + 1) * d_out for d_in, d_out in shapes)
+    comm = four_devices["comm"]
+    assert {k: v["ops"] for k, v in comm.items()} == {k: ["all-reduce"] for k in comm}
+    assert comm["adam"] == {"every_step": 4 * (P + 1), "conditional": [], "ops": ["all-reduce"]}
+    assert comm["kfac"] == {"every_step": 4 * (P + stats + 1), "conditional": [], "ops": ["all-reduce"]}
+    assert comm["kfac-adaptive"]["every_step"] == 4 * (P + stats + 1 + 3)
+    assert comm["kfac-adaptive"]["conditional"] == [4]
+    assert comm["kfac-spread"] == {"every_step": 4 * (P + stats + 1), "conditional": [4 * eig], "ops": ["all-reduce"]}
+
+
+def test_collective_bytes_parses_gather_scatter_and_refuses_non_hlo():
+    hlo = textwrap.dedent("""
+        HloModule m, num_partitions=4
+        %b (p: f32[8]) -> f32[8] {
+          %p = f32[8]{0} parameter(0)
+          ROOT %g = f32[32]{0} all-gather(%p), replica_groups={{0,1,2,3}}, dimensions={0}
+        }
+        ENTRY %main (x: f32[8], c: s32[]) -> f32[2] {
+          %x = f32[8]{0} parameter(0)
+          %c = s32[] parameter(1)
+          %r = f32[2]{0} reduce-scatter(%x), replica_groups=[1,4]<=[4], dimensions={0}, to_apply=%add
+          %k = f32[8]{0} conditional(%c, %x, %x), branch_computations={%b, %b}
+          ROOT %s = (f64[3], f32[]) all-reduce(%x, %x), replica_groups={}, to_apply=%add
+        }
+    """)
+    res = dist.collective_bytes(hlo)
+    assert res["every_step"] == 2 * 4 * 4 + 3 * 8 + 4  # reduce-scatter: its operand (result × 4); the tuple
+    assert list(res["conditional"].values()) == [8 * 4]  # all-gather: its operand (result / 4), costliest branch
+    with pytest.raises(ValueError, match="ENTRY"):
+        dist.collective_bytes("not hlo")
 
 
 def test_sweep_grid_and_refusals():
