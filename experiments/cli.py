@@ -26,6 +26,7 @@ COMMANDS = {
     "bench-kfac": ("experiments.bench_kfac", "ms per step: K-FAC vs kfac-jax vs optax"),
     "bench-shape": ("experiments.bench_shape", "roofline: Shampoo, SOAP, TNT, MBF, M-FAC steps by part (MACs, CPU s)"),
     "bench-gpu": ("experiments.bench_gpu", "GPU: VQT vs PennyLane, structured BKM, K-FAC vs SGD/kfac-jax (refuses without a GPU)"),
+    "comm-volume": ("experiments.comm_volume", "bytes per step in the sharded steps' collectives (HLO vs analytic), 1 vs D devices"),
     "spectra": ("experiments.spectra", "Lanczos/SLQ spectra of batch Hessian and GGN vs batch size; CG vs Nyström-PCG"),
     "batch-scaling": ("experiments.batch_scaling", "largest stable / best lr of SGD and Adam, K-FAC's min damping vs batch size"),
     "nrws": ("experiments.nrws", "Helmholtz machines on binarized MNIST: WS, RWS (SGD, Adam), natural RWS"),
