@@ -112,18 +112,23 @@ def test_relu_problem_is_summed_pixel_bce():
     np.testing.assert_allclose(loss, expect, rtol=1e-5)  # ≈ 550 from 784 float32 terms
 
 
-def test_relu_comparison_at_equal_wall_time():
-    """Equal wall time = the shortest run's; each method's loss at its last evaluation not after it."""
-    def run(walls, train):
-        return {"wall_time": walls, "step": [0, 5, 10], "train_loss": train, "test_loss": [t + 1 for t in train]}
+def test_relu_comparison_at_equal_cpu_and_wall_time():
+    """Equal CPU / wall time = the shortest run's; each method's loss at its last evaluation not
+    after it; CPU seconds to the target at the first evaluation at or below it."""
+    def run(walls, cpus, train):
+        return {"wall_time": walls, "cpu_time": cpus, "step": [0, 5, 10], "train_loss": train,
+                "test_loss": [t + 1 for t in train]}
 
-    results = {"steps": 10, "batch_size": 1000, "n_train": 5000,
-               "runs": {"sgd-m": [run([0.0, 1.0, 2.0], [9.0, 8.0, 7.0])], "tnt": [run([0.0, 3.0, 6.0], [9.0, 5.0, 4.0])]}}
+    results = {"steps": 10, "batch_size": 1000, "n_train": 5000, "summary": {"target_train_loss": 5.0},
+               "runs": {"sgd-m": [run([0.0, 1.0, 2.0], [0.0, 1.5, 3.0], [9.0, 8.0, 7.0])],
+                        "tnt": [run([0.0, 3.0, 6.0], [0.0, 2.0, 4.0], [9.0, 5.0, 4.0])]}}
     comp = ra.comparison(results)
-    assert comp["wall_s"] == 2.0 and comp["epochs"] == 2.0
-    assert comp["methods"]["tnt"]["train_loss_at_wall"] == 9.0 and comp["methods"]["tnt"]["train_loss"] == 4.0
-    assert comp["methods"]["sgd-m"]["test_loss_at_wall"] == 8.0
-    assert comp["methods"]["tnt"]["vs_sgd"] == pytest.approx(3.0)
+    assert comp["wall_s"] == 2.0 and comp["cpu_s"] == 3.0 and comp["epochs"] == 2.0
+    tnt, sgd = comp["methods"]["tnt"], comp["methods"]["sgd-m"]
+    assert tnt["train_loss_at_wall"] == 9.0 and tnt["train_loss_at_cpu"] == 5.0 and tnt["train_loss"] == 4.0
+    assert sgd["test_loss_at_wall"] == 8.0 and sgd["test_loss_at_cpu"] == 8.0
+    assert tnt["vs_sgd"] == pytest.approx(3.0) and tnt["cpu_vs_sgd"] == pytest.approx(4 / 3)
+    assert tnt["cpu_to_target"] == 2.0 and sgd["cpu_to_target"] is None
     assert "52.40 / 56.98" in ra.comparison_table(comp)
 
 
