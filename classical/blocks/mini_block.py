@@ -10,9 +10,9 @@ gradients ∇W_n, the mini-block of output unit j over a set of rows r is
 i.e. exactly the (r×{j}, r×{j}) entries of the dense per-example empirical Fisher of W.
 
 Partition used here — stated, not quoted: the paper's §3 was not reachable offline (searched
-2026-11-28; only the abstract of arXiv 2202.04124 / PMLR 206:9191 was found, which says that each
-layer's block, "whether it is convolutional or feed-forward and fully connected", is itself
-block-diagonal with "a large number of mini-blocks of modest size", of the empirical Fisher):
+2026-11-28; only the abstract of arXiv 2202.04124 / PMLR 206:9191 was found: it says no more than
+that every layer's empirical-Fisher block, dense or convolutional, is itself block-diagonal in
+many small mini-blocks):
 
 * convolutional layers (``kernel_size=(k_h, k_w)``): one mini-block per (input channel, output
   channel) — the k_h·k_w weights of that kernel slice (patch features are channel-major,
