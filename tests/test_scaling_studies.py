@@ -2,9 +2,15 @@
 coverage), the divergence bisection (gradient descent on a quadratic, edge 2/λ_max) and the
 SLQ learner's hyper-parameters (a quadratic with a known spectrum)."""
 
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+import qgeom  # noqa: F401  (enables x64)
 from experiments.batch_scaling import bisect_edge, fit_power_law
+from qgeom.spectral import slq_hyperparameters
 
 
 def test_fit_power_law_exact_and_ci_coverage():
@@ -40,3 +46,30 @@ def test_bisection_finds_gradient_descent_edge_on_quadratic():
     assert hi >= 2 / lam[0] and lo <= 2 / lam[0] * (1 + delta_c)
     assert 1 < hi / lo < 1 + 1e-6
     assert bisect_edge(lambda v: False, 1.0, 2.0, 3, max_expand=2) == (32.0, None)  # never unstable
+
+
+def test_slq_learner_hyperparameters_on_known_spectrum():
+    """A diagonal A (eigenvalues known) with Rademacher probes: v_i² = 1, so every probe's
+    quadrature mean Σ τ_j θ_j = vᵀAv/n = tr A/n exactly, and n Lanczos steps give λ_max exactly.
+    Then α = 4/(√λ_max + √(tr A/n))² and ρ = ((√κ − 1)/(√κ + 1))² in closed form (to Lanczos
+    rounding, ~1e-10 relative with full reorthogonalization in float64)."""
+    eigs = jnp.asarray(np.geomspace(1e-2, 10.0, 12))
+    hp = slq_hyperparameters(lambda v: eigs * v, 12, jax.random.PRNGKey(0), 3, 12)
+    lo, hi = float(jnp.mean(eigs)), float(eigs[-1])
+    kappa = hi / lo
+    np.testing.assert_allclose(float(hp["lambda_max"]), hi, rtol=1e-10)
+    np.testing.assert_allclose(float(hp["lambda_low"]), lo, rtol=1e-10)
+    np.testing.assert_allclose(float(hp["learning_rate"]), 4 / (math.sqrt(hi) + math.sqrt(lo)) ** 2, rtol=1e-9)
+    np.testing.assert_allclose(float(hp["momentum"]), ((math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)) ** 2,
+                               rtol=1e-9)
+    capped = slq_hyperparameters(lambda v: eigs * v, 12, jax.random.PRNGKey(0), 3, 12, max_momentum=0.1)
+    assert float(capped["momentum"]) == 0.1
+    # heavy ball with these values contracts every mode in [λ_lo, λ_max] at rate √ρ per step
+    # (≲ C(k + 1)√ρ^k at the double roots of the interval's ends; C = 1e3 is generous, the rate is
+    # what is tested: √ρ ≈ 0.41 here, √ρ^200 ≈ 1e-78)
+    x, v = jnp.ones(12), jnp.zeros(12)
+    for _ in range(200):
+        v = hp["momentum"] * v + eigs * x
+        x = x - hp["learning_rate"] * v
+    inside = np.asarray(eigs) >= lo * (1 - 1e-9)
+    assert np.all(np.abs(np.asarray(x)[inside]) <= 1e3 * 201 * float(hp["momentum"]) ** 100)

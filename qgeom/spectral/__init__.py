@@ -5,6 +5,8 @@
 * ``slq``, ``spectral_density``, ``trace_estimate``: stochastic Lanczos quadrature;
 * ``nystrom_pcg``, ``pcg``, ``nystrom_preconditioner``: conjugate gradients preconditioned by
   a randomized Nyström approximation (Frangella, Tropp & Udell 2023);
+* ``slq_hyperparameters``, ``heavy_ball_from_spectrum``: heavy-ball learning rate and momentum
+  from an SLQ spectrum (Granziol, Zohren & Roberts 2022's SLQ learner);
 * ``flat_operator``: a 1-D mat-vec from a ``qgeom.metrics`` metric or a pytree mat-vec
   (Hessian-, GGN- or Fisher-vector products, K-FAC's approximation, the BKM metric of a QHBM).
 """
@@ -19,6 +21,7 @@ from qgeom.spectral.lanczos import (
     trace_estimate,
     tridiagonal,
 )
+from qgeom.spectral.learner import heavy_ball_from_spectrum, slq_hyperparameters
 from qgeom.spectral.pcg import (
     NystromPreconditioner,
     nystrom_pcg,
@@ -41,4 +44,6 @@ __all__ = [
     "nystrom_sketch",
     "NystromPreconditioner",
     "pcg",
+    "heavy_ball_from_spectrum",
+    "slq_hyperparameters",
 ]

@@ -39,9 +39,12 @@ class NystromPreconditioner(NamedTuple):
     mu: jax.Array
 
     def apply(self, x):
-        """P⁻¹x = (λ̂_ℓ + μ) U (Λ + μ)⁻¹ Uᵀx + x − UUᵀx."""
-        ux = self.U.T @ x
-        return (self.lam[-1] + self.mu) * (self.U @ (ux / (self.lam + self.mu))) + x - self.U @ ux
+        """P⁻¹x = (λ̂_ℓ + μ) U (Λ + μ)⁻¹ Uᵀx + x − UUᵀx = x + U [((λ̂_ℓ + μ)/(Λ + μ) − 1) Uᵀx].
+
+        Uᵀx is written x·U: XLA on CPU materializes the n × ℓ transpose for ``U.T @ x`` (1.5 s
+        per product at n = 2.8M, ℓ = 64, against 0.1 s)."""
+        ux = x @ self.U
+        return x + self.U @ (((self.lam[-1] + self.mu) / (self.lam + self.mu) - 1.0) * ux)
 
 
 def _columns(mv, cols):
@@ -63,7 +66,7 @@ def _from_sketch(omega, y):
         return jnp.linalg.cholesky(b + s * jnp.eye(b.shape[0], dtype=dtype)), s
 
     c, extra = jax.lax.cond(jnp.all(jnp.isfinite(c)), lambda _: (c, jnp.zeros((), dtype)), shifted, None)
-    f = jax.scipy.linalg.solve_triangular(c, (y_nu + extra * omega).T, lower=True).T  # Y_ν C⁻ᵀ
+    f = _right_solve(y_nu + extra * omega, c)  # Y_ν C⁻ᵀ
     gram = f.T @ f
     sig2, v = jnp.linalg.eigh(0.5 * (gram + gram.T))
     sig2, v = sig2[::-1], v[:, ::-1]  # descending
@@ -73,12 +76,17 @@ def _from_sketch(omega, y):
     return u, lam
 
 
+def _right_solve(a, c):
+    """a C⁻ᵀ for a tall a and a small lower-triangular C, as one product with the ℓ × ℓ C⁻¹
+    (a triangular solve on the n × ℓ block would transpose it twice)."""
+    return a @ jax.scipy.linalg.solve_triangular(c, jnp.eye(c.shape[0], dtype=c.dtype), lower=True).T
+
+
 def _orthonormalize(a):
     """Orthonormal basis of range(a) for a tall, well-conditioned a: Cholesky-QR twice."""
     for _ in range(2):
         gram = a.T @ a
-        c = jnp.linalg.cholesky(0.5 * (gram + gram.T))
-        a = jax.scipy.linalg.solve_triangular(c, a.T, lower=True).T
+        a = _right_solve(a, jnp.linalg.cholesky(0.5 * (gram + gram.T)))
     return a
 
 
