@@ -29,6 +29,7 @@ COMMANDS = {
     "comm-volume": ("experiments.comm_volume", "bytes per step in the sharded steps' collectives (HLO vs analytic), 1 vs D devices"),
     "spectra": ("experiments.spectra", "Lanczos/SLQ spectra of batch Hessian and GGN vs batch size; CG vs Nyström-PCG"),
     "batch-scaling": ("experiments.batch_scaling", "largest stable / best lr of SGD and Adam, K-FAC's min damping vs batch size"),
+    "slq-learner": ("experiments.slq_learner", "Granziol et al.'s SLQ lr/momentum learner vs tuned SGD and Adam (MNIST-1D)"),
     "nrws": ("experiments.nrws", "Helmholtz machines on binarized MNIST: WS, RWS (SGD, Adam), natural RWS"),
     "qbvi": ("experiments.qbvi", "Gaussian VI: QBVI vs black-box and reparameterization VI on sklearn data"),
 }
