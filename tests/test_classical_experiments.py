@@ -272,3 +272,16 @@ def test_bench_report_ratios_and_roofline(capsys):
     assert floors["kfac-fixed-sub"]["floor_vs_sgd"] == pytest.approx(sub / sgd)
     assert floors["kfac_vs_kfac_jax_bound"] == pytest.approx(ada / sgd / 5.0)
     assert out["ratios"]["kfac_adaptive_sub_vs_kfac_jax_adaptive"] == pytest.approx(0.6)
+
+
+def test_puiu_cnn_has_his_parameter_count():
+    """Puiu's CNN: conv 5×5 1→5 (130), conv 5×5 5→7 (882), dense 112→30 (3390), 30→10 (310)."""
+    from experiments.kfac_classifier import METHODS, puiu_cnn_problem
+
+    net = puiu_cnn_problem().net
+    assert dict(net.layer_shapes) == {"layer00": (26, 5), "layer02": (126, 7), "layer05": (113, 30),
+                                      "layer06": (31, 10)}
+    assert sum(a * b for a, b in net.layer_shapes.values()) == 130 + 882 + 3390 + 310
+    kfac, kld = (METHODS[m].grid[1] for m in ("kfac-puiu", "kld-wrm"))
+    assert {k: v for k, v in kfac.items() if k != "ema"} == {k: v for k, v in kld.items() if k != "ema"}
+    assert (kfac["ema"], kld["ema"], kfac["lr"]) == (0.95, 0.33, 0.01)
