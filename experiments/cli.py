@@ -30,6 +30,7 @@ COMMANDS = {
     "spectra": ("experiments.spectra", "Lanczos/SLQ spectra of batch Hessian and GGN vs batch size; CG vs Nyström-PCG"),
     "batch-scaling": ("experiments.batch_scaling", "largest stable / best lr of SGD and Adam, K-FAC's min damping vs batch size"),
     "slq-learner": ("experiments.slq_learner", "Granziol et al.'s SLQ lr/momentum learner vs tuned SGD and Adam (MNIST-1D)"),
+    "benzing": ("experiments.benzing", "exact NGD (Hessian-free) vs K-FAC vs FOOF vs Adam, and why (directions vs the Fisher)"),
     "nrws": ("experiments.nrws", "Helmholtz machines on binarized MNIST: WS, RWS (SGD, Adam), natural RWS"),
     "qbvi": ("experiments.qbvi", "Gaussian VI: QBVI vs black-box and reparameterization VI on sklearn data"),
 }
