@@ -4,7 +4,8 @@ Every ``period`` steps the learner runs stochastic Lanczos quadrature on the cur
 Hessian (``probes`` Rademacher probes × ``lanczos_steps``) and sets heavy-ball SGD's learning
 rate and momentum from it (``qgeom.spectral.slq_hyperparameters``: α = 4/(√λ_hi + √λ_lo)²,
 ρ = ((√κ − 1)/(√κ + 1))², λ_hi the top Ritz value, λ_lo the density's mean positive
-curvature; no tuning). SGD (momentum 0.9) and Adam are tuned on learning-rate grids. On an
+curvature; no tuning). A second, conservative variant (``slq-gd``) takes the classical step
+α = 1/λ_hi without momentum. SGD (momentum 0.9) and Adam are tuned on learning-rate grids. On an
 MNIST-1D tanh MLP (40-100-100-10, batch ``batch``): test accuracy every ``eval_every`` steps,
 steps and process CPU seconds (training only, compilation and evaluation excluded; the
 learner's SLQ included) to ``target`` test accuracy, for the learner, the best grid point of
@@ -110,11 +111,13 @@ def _run(net, data, method, lr, seed, config):
     while t < config["steps"]:
         idx = jnp.asarray(np.stack([rng.choice(len(x), config["batch"], replace=False) for _ in range(every)]))
         start = time.process_time()
-        if method == "slq" and t % config["period"] == 0:
+        if method.startswith("slq") and t % config["period"] == 0:
             key, sub = jax.random.split(key)
             hp = _slq_step(net, params, x[idx[0]], y[idx[0]], sub, config["probes"], config["lanczos_steps"],
                            config["max_momentum"])
             alpha, rho = float(hp["learning_rate"]), float(hp["momentum"])
+            if method == "slq-gd":
+                alpha, rho = 1.0 / float(hp["lambda_max"]), 0.0
             out["lr"].append(alpha)
             out["momentum"].append(rho)
             out["lambda_max"].append(float(hp["lambda_max"]))
@@ -169,7 +172,7 @@ def run(config, outdir=None, *, fresh=False, progress=False):
     outdir = Path(outdir or Path("results") / "slq_learner")
     data = load_dataset("mnist1d", num_samples=config["num_samples"])
     cells = Cells(Checkpoint(outdir / "cells.pkl"), fresh=fresh)
-    jobs = [("slq", None)] + [("sgd", lr) for lr in config["sgd_lrs"]] + [("adam", lr) for lr in config["adam_lrs"]]
+    jobs = [("slq", None), ("slq-gd", None)] + [("sgd", lr) for lr in config["sgd_lrs"]] + [("adam", lr) for lr in config["adam_lrs"]]
     fixed = {k: config[k] for k in ("num_samples", "hidden", "batch", "steps", "eval_every")}
     runs = {}
     with float32_mode(), single_threaded_blas():
@@ -178,7 +181,8 @@ def run(config, outdir=None, *, fresh=False, progress=False):
         _compile(net, arrays, config)
         todo = [(m, lr, s) for m, lr in jobs for s in config["seeds"]]
         for m, lr, s in tqdm(todo, desc="runs", disable=None if progress else True):
-            extra = {k: config[k] for k in ("period", "probes", "lanczos_steps", "max_momentum")} if m == "slq" else {}
+            extra = ({k: config[k] for k in ("period", "probes", "lanczos_steps", "max_momentum")}
+                     if m.startswith("slq") else {})
             key = cell_key(method=m, lr=lr, seed=s, **fixed, **extra)
             runs.setdefault((m, lr), []).append(cells.run(key, lambda m=m, lr=lr, s=s: _run(net, arrays, m, lr, s,
                                                                                             config)))
@@ -233,7 +237,7 @@ def _plot(runs, summary, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    show = [("slq", None, "SLQ learner")] + [(m, summary["best"][m]["lr"], f"{m} lr {summary['best'][m]['lr']:g}")
+    show = [("slq", None, "SLQ learner"), ("slq-gd", None, "SLQ 1/λ_max, no momentum")] + [(m, summary["best"][m]["lr"], f"{m} lr {summary['best'][m]['lr']:g}")
                                              for m in ("sgd", "adam")]
     for m, lr, label in show:
         rs = runs[(m, lr)]
