@@ -99,7 +99,7 @@ def mfac(learning_rate=1e-3, num_grads=32, damping=1e-5, momentum=0.0,
         gram = state.gram.at[i, :].set(k).at[:, i].set(k)
         chol = jnp.linalg.cholesky(gram + m * damping * jnp.eye(m, dtype=gram.dtype))
         y = m * jax.scipy.linalg.cho_solve((chol, True), jnp.eye(m, dtype=gram.dtype)[i])
-        step = jnp.dot(y.astype(g.dtype), grads, precision=jax.lax.Precision.HIGHEST)
+        step = jnp.dot(grads.T, y.astype(g.dtype), precision=jax.lax.Precision.HIGHEST)  # not y @ G: XLA copied G twice
         v = momentum * state.velocity + (1 - momentum) * step if momentum else step
         v = jnp.where(finite, v, state.velocity)
         lr = learning_rate_at(learning_rate, state.count)
