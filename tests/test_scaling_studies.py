@@ -7,6 +7,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import qgeom  # noqa: F401  (enables x64)
 from experiments.batch_scaling import bisect_edge, fit_power_law
@@ -73,3 +74,35 @@ def test_slq_learner_hyperparameters_on_known_spectrum():
         x = x - hp["learning_rate"] * v
     inside = np.asarray(eigs) >= lo * (1 - 1e-9)
     assert np.all(np.abs(np.asarray(x)[inside]) <= 1e3 * 201 * float(hp["momentum"]) ** 100)
+
+
+@pytest.mark.slow
+def test_batch_scaling_study_end_to_end_and_resume(tmp_path):
+    """A tiny batch-scaling run writes its outputs; a second run reuses the cells (same numbers)."""
+    from experiments import batch_scaling
+
+    cfg = {"num_samples": 600, "hidden": [16], "batch_sizes": [16, 64, 256], "stability_steps": 20, "bisect_iters": 2,
+           "grid_epochs": 1, "sgd_grid": [-2.0, 1.0, 3], "adam_grid": [-3.0, 0.0, 3], "kfac_steps": 5,
+           "lanczos_steps": 10, "lanczos_batches": 1}
+    first = batch_scaling.run(cfg, tmp_path)
+    assert (tmp_path / "batch_scaling.png").exists() and (tmp_path / "summary.json").exists()
+    assert [r["batch"] for r in first["rows"]] == [16, 64, 256]
+    assert batch_scaling.run(cfg, tmp_path)["rows"] == first["rows"]
+
+
+@pytest.mark.slow
+def test_slq_learner_and_benzing_studies_end_to_end(tmp_path):
+    """Tiny runs of the SLQ-learner and Benzing studies write their outputs."""
+    from experiments import benzing, slq_learner
+
+    s = slq_learner.run({"num_samples": 600, "hidden": [16], "steps": 100, "seeds": [0], "sgd_lrs": [0.1],
+                         "adam_lrs": [1e-3]}, tmp_path / "slq")
+    assert {r["method"] for r in s["rows"]} == {"slq", "slq-gd", "sgd", "adam"}
+    assert np.all(np.isfinite(s["learner"]["lr_range"]))
+    grids = {m: g[:1] for m, g in benzing.DEFAULT["grids"].items()}
+    b = benzing.run({"num_samples": 600, "hidden": [16], "steps": 10, "eval_every": 5, "probe_steps": [5],
+                     "grids": grids}, tmp_path / "benzing")
+    assert set(b["verdicts"]) == {"kfac_beats_exact_ngd", "foof_beats_kfac"}
+    probe = b["probes"][0]
+    assert probe["cg_converged"] and all(0 <= probe[k]["efficiency"] <= 1 + 1e-4 for k in ("kfac", "foof", "sgd"))
+    assert (tmp_path / "benzing" / "benzing.png").exists()
