@@ -12,7 +12,8 @@ per step) so their curves cover more of NRWS's CPU time.
 
 Every (method, seed) run is checkpointed at each evaluation and its finished result stored
 as a cell (``results/nrws/checkpoints/``): a killed study resumes to the same numbers;
-``--fresh`` starts over.
+``--fresh`` starts over. ``--first-seed k`` runs seeds k, …, seeds − 1 only (a second process
+with its own ``--out``; its ``checkpoints/cells.pkl`` entries can be merged into the first's).
 
     qgeom nrws            # quick: 3 200 training images, 150 steps, 1 seed
     qgeom nrws --full     # reduced study: 10 000 images, NRWS 1 248 steps (4 epochs),
@@ -54,7 +55,7 @@ METHODS = Registry(
 )
 
 DEFAULT = {"methods": list(METHODS), "hidden": [200, 100, 10], "train_size": 3200, "steps": 150,
-           "baseline_steps": 150, "seeds": 1, "batch_size": 32, "eval_every": 50, "eval_size": 100,
+           "baseline_steps": 150, "seeds": 1, "first_seed": 0, "batch_size": 32, "eval_every": 50, "eval_size": 100,
            "eval_k": 100, "final_size": 200, "final_k": 500}
 FULL = dict(DEFAULT, methods=["nrws", "rws-adam", "rws-sgd", "ws"], train_size=10000, steps=1248,
             baseline_steps=2496, seeds=3, eval_every=156, eval_size=200, eval_k=100, final_size=1000, final_k=500)
@@ -81,6 +82,8 @@ def check_config(config):
               "eval_k", "final_size", "final_k"):
         if int(config[k]) != config[k] or config[k] < 1:
             raise ValueError(f"{k} must be a positive integer, got {config[k]!r}")
+    if not 0 <= config["first_seed"] < config["seeds"]:
+        raise ValueError(f"need 0 <= first_seed < seeds, got {config['first_seed']}, {config['seeds']}")
     if config["batch_size"] > config["train_size"]:
         raise ValueError("batch_size exceeds train_size")
     for k in ("eval_k", "final_k"):
@@ -184,7 +187,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     fields = {k: config[k] for k in ("hidden", "train_size", "batch_size", "eval_every", "eval_size", "eval_k",
                                      "final_size", "final_k")}
     runs = {name: [] for name in names}
-    for seed in range(config["seeds"]):  # seeds outer: a study cut short has whole seeds of every method
+    for seed in range(config["first_seed"], config["seeds"]):  # seeds outer: a cut-short study has whole seeds
         for name in names:
             spec, steps = METHODS[name], config["steps" if name == "nrws" else "baseline_steps"]
             key = cell_key(method=name, lr=spec.grid[0], seed=seed, steps=steps, **fields)
@@ -249,8 +252,8 @@ def _verdict(table, horizon, target):
 
 
 def _flags(parser) -> None:
-    for k in ("train_size", "steps", "baseline_steps", "seeds", "eval_every", "eval_size", "eval_k", "final_size",
-              "final_k"):
+    for k in ("train_size", "steps", "baseline_steps", "seeds", "first_seed", "eval_every", "eval_size", "eval_k",
+              "final_size", "final_k"):
         parser.add_argument("--" + k.replace("_", "-"), dest=k, type=int)
     parser.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths (default 200 100 10)")
 

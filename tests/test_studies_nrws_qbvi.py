@@ -159,6 +159,8 @@ def test_nuts_reference_matches_exact_linear_regression_posterior():
 def test_study_configs_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="eval_k"):
         nrws.run_study(dict(NRWS_TINY, eval_k=150), tmp_path)
+    with pytest.raises(ValueError, match="first_seed"):
+        nrws.run_study(dict(NRWS_TINY, first_seed=1), tmp_path)
     with pytest.raises(ValueError, match="batch_size"):
         nrws.run_study(dict(NRWS_TINY, train_size=16), tmp_path)
     with pytest.raises(ValueError, match="unknown problems"):
