@@ -13,9 +13,13 @@ over the devices), beside the count from the algorithm (float32: 4 bytes a numbe
   the broadcast of the inverses (A + πλ)⁻¹, (G + λ/π)⁻¹ ((d_in + 1)² + d_out²).
 
 and the step's wall and process-CPU seconds on 1 device and sharded over all of them. On
-forced host devices (one CPU) the timing shows the partitioning's overhead, not a speed-up.
+forced host devices (one CPU) the timing shows the partitioning's overhead, not a speed-up;
+XLA's CPU collectives abort a program whose device threads wait more than 10 s for each other,
+which a loaded machine reaches in the autoencoder's replicated inverse refresh (then time a
+narrower net: ``--sizes``; ``--steps 0`` reads the bytes only, from the compiled program).
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=4 python -m experiments.comm_volume
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 qgeom comm-volume --steps 0
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 qgeom comm-volume --sizes 784 200 100 30 100 200 784
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def _time(step, p, s, batch, steps: int) -> dict:
     return {"wall_ms": 1e3 * (time.perf_counter() - t0) / steps, "cpu_ms": 1e3 * (time.process_time() - c0) / steps}
 
 
-def measure(batch: int = 1000, steps: int = 5, inverse_period: int = 5, damping_interval: int = 5,
+def measure(batch: int = 256, steps: int = 3, inverse_period: int = 5, damping_interval: int = 5,
             sizes=AUTOENCODER) -> dict:
     """The rows of the table (module docstring); needs more than one device."""
     from classical import distributed as dist
@@ -100,10 +104,12 @@ def measure(batch: int = 1000, steps: int = 5, inverse_period: int = 5, damping_
             args = (dist.replicate(p0, mesh), dist.replicate(init(p0), mesh), dist.shard_batch(host, mesh))
             hlo = dist.collective_bytes(sharded.lower(*args).compile())
             rows[name] = {"hlo_every_step": hlo["every_step"], "hlo_conditional": hlo["conditional"],
-                          "analytic": analytic(net.layer_shapes, name, inverse_period, damping_interval),
-                          f"{n_dev}_devices": _time(sharded, *args, steps)}
-            if name != "kfac-spread":  # the spread refresh runs on the mesh by construction
+                          "analytic": analytic(net.layer_shapes, name, inverse_period, damping_interval)}
+            if steps:
+                rows[name][f"{n_dev}_devices"] = _time(sharded, *args, steps)
+            if steps and name != "kfac-spread":  # the spread refresh runs on the mesh by construction
                 rows[name]["one_device"] = _time(jax.jit(step), p0, init(p0), host, steps)
+            print(name, rows[name], flush=True)
     return {"devices": n_dev, "device_kind": jax.devices()[0].device_kind, "batch": batch, "steps_timed": steps,
             "inverse_period": inverse_period, "damping_interval": damping_interval, "sizes": list(sizes),
             "rows": rows}
@@ -115,11 +121,12 @@ def table(res: dict) -> str:
             f"| 1 device ms wall (cpu) | {d} devices ms wall (cpu) |")
     lines = [head, "|---|---|---|---|---|---|"]
     for name, r in res["rows"].items():
-        a, many = r["analytic"], r[f"{d}_devices"]
-        one = f"{r['one_device']['wall_ms']:.0f} ({r['one_device']['cpu_ms']:.0f})" if "one_device" in r else "—"
+        a = r["analytic"]
+        one, many = (f"{r[k]['wall_ms']:.0f} ({r[k]['cpu_ms']:.0f})" if k in r else "—"
+                     for k in ("one_device", f"{d}_devices"))
         cond = ", ".join(f"{v:,}" for v in r["hlo_conditional"].values()) or "—"
         lines.append(f"| {name} | {r['hlo_every_step']:,} | {cond} | {a['every_step']:,} / {a['per_step']:,.0f} "
-                     f"| {one} | {many['wall_ms']:.0f} ({many['cpu_ms']:.0f}) |")
+                     f"| {one} | {many} |")
     return "\n".join(lines)
 
 
@@ -127,11 +134,14 @@ def main(argv=None) -> int:
     from experiments.harness.store import atomic_write_json, results_dir
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per method and device count")
+    p.add_argument("--batch", type=int, default=256, help="global batch (the bytes do not depend on it)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method and device count (0: bytes only)")
+    p.add_argument("--sizes", type=int, nargs="+", default=list(AUTOENCODER), help="layer widths of the tanh net")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    res = measure(args.batch, args.steps)
+    if args.steps < 0 or args.batch < 1 or len(args.sizes) < 2:
+        raise SystemExit("need --steps >= 0, --batch >= 1 and at least two --sizes")
+    res = measure(args.batch, args.steps, sizes=tuple(args.sizes))
     out = results_dir("comm_volume") if args.out is None else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "comm_volume.json", res)

@@ -276,6 +276,30 @@ def test_collective_bytes_parses_gather_scatter_and_refuses_non_hlo():
         dist.collective_bytes("not hlo")
 
 
+def test_batched_run_cells_give_run_cell_traces_and_cpu_cap_on_one_device():
+    """``run_cells`` (vmapped, here on 1 device) against ``run_cell``: the same D, reports and
+    end point (tolerance: 6 gd steps, (2ⁿ + P)·ε₆₄ grown ≤ 11× per step), and the CPU cap
+    (1 ns: every run stops after its first step) stops both at step 1."""
+    from experiments import gibbs
+    from experiments import quantum_methods as qm
+
+    prob = gibbs.problem(3, 1.0, "cx1")
+    tol = 20 * np.finfo(np.float64).eps * 11.0**6 * 3
+    for cap in (None, 1e-9):
+        serial = [qm.run_cell(prob, "gd", 0.3, seed, 6, max_cpu=cap) for seed in (0, 1)]
+        batched = qm.run_cells(prob, "gd", [0.3, 0.3], [0, 1], 6, max_cpu=cap)
+        for b, r in zip(batched, serial):
+            assert b["status"] == r["status"] == ("ok" if cap is None else "cpu limit at step 1")
+            np.testing.assert_array_equal(np.isnan(b["D"]), np.isnan(r["D"]))
+            np.testing.assert_allclose(b["D"], r["D"], rtol=0, atol=tol)
+            np.testing.assert_array_equal(b["report_iters"], r["report_iters"])
+            np.testing.assert_allclose(b["fidelity"], r["fidelity"], rtol=0, atol=tol)
+            for k in r["params"]:
+                np.testing.assert_allclose(b["params"][k], r["params"][k], rtol=0, atol=tol)
+    with pytest.raises(ValueError, match="equal-length"):
+        qm.run_cells(prob, "gd", [0.3], [0, 1], 6)
+
+
 def test_sweep_grid_and_refusals():
     from qgeom.optimize.sweep import grid, sweep
 
