@@ -16,7 +16,12 @@ runs each layer's refresh on its owner only (``shard_map`` + ``lax.cond`` on the
 and broadcasts the result (``psum`` of the owner's value and zeros elsewhere), so the
 factorization time divides by about the device count and the broadcast costs one all-reduce
 of the inverses. ``SpreadRefresh`` puts this inside ``classical.kfac.KFAC`` through its
-``blocks=`` argument.
+``blocks=`` argument; a block whose refresh leaves its statistics as they are (Kronecker)
+broadcasts only its inverses.
+
+``collective_bytes`` reads what a compiled step communicates (bytes per device per
+all-reduce / all-gather / reduce-scatter / collective-permute, and per ``lax.cond`` branch)
+from its HLO; the tests hold it to the count from the algorithm.
 
 Several processes (one per host or per GPU): call :func:`initialize` first — it reads
 ``QGEOM_COORDINATOR`` (host:port of process 0), ``QGEOM_NUM_PROCESSES`` and
