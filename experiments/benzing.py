@@ -18,7 +18,10 @@ exact NGD d* = (F + λI)⁻¹g:
 * Rayleigh ratio r = dᵀFd / dᵀPd = dᵀFd / gᵀd: the Fisher's curvature along d relative to the
   curvature P assumes there (1: P right along its own step; < 1: P over-estimates, the step
   is short);
-* the Euclidean cosine of d and d*.
+* the Euclidean cosine of d and d*;
+* transfer: each direction's (exact NGD's included) efficiency in the damped quadratic model
+  of a second, fresh batch — how much of a step fitted to one batch's curvature survives on
+  the next.
 
     qgeom benzing            # quick: 300 steps, 1 seed
     qgeom benzing --full     # 600 steps, 2 seeds
@@ -134,26 +137,37 @@ def _train(net, data, method, hp, seed, config, keep=()):
     return out, kept
 
 
-def _directions(net, opt, params, state, xb, yb, foof_damping, cg_tol=1e-6):
+def _directions(net, opt, params, state, batch, fresh, foof_damping, cg_tol=1e-6):
     """Efficiency e, Rayleigh ratio r and cosine of K-FAC, FOOF and SGD directions against
-    exact NGD (F + λI)⁻¹g with λ = K-FAC's damping (+ l2) at this state."""
+    exact NGD (F + λI)⁻¹g with λ = K-FAC's damping (+ l2) at this state, all from ``batch``;
+    ``transfer``: the same directions' efficiency in the damped quadratic model of the
+    ``fresh`` batch (exact NGD's included), e₂(d) = (g₂ᵀd)₊² / (dᵀ(F₂ + λI)d · g₂ᵀ(F₂ + λI)⁻¹g₂)."""
     from classical.hessian_free import HessianFree
     from qgeom.spectral import pcg
 
-    grads = jax.grad(net.loss)(params, xb, yb)
-    g, unravel = ravel_pytree(grads)
-    fmv = HessianFree(net).ggn_mv(params, xb)
     lam = float(state.damping) + opt.l2_reg
-    d_star, info = pcg(lambda v: fmv(v) + lam * v, g, tol=cg_tol, maxiter=5 * g.shape[0])
+
+    def model(xb, yb):
+        grads = jax.grad(net.loss)(params, xb, yb)
+        fmv = HessianFree(net).ggn_mv(params, xb)
+        g = ravel_pytree(grads)[0]
+        d_star, info = pcg(lambda v: fmv(v) + lam * v, g, tol=cg_tol, maxiter=5 * g.shape[0])
+        return grads, g, fmv, d_star, bool(info["converged"])
+
+    def efficiency(g, fmv, gd_star, d):
+        return max(float(g @ d), 0.0) ** 2 / ((float(d @ fmv(d)) + lam * float(d @ d)) * gd_star)
+
+    grads, g, fmv, d_star, ok = model(*batch)
+    _, g2, fmv2, d2_star, ok2 = model(*fresh)
     foof = {k: jnp.linalg.solve(a + foof_damping * jnp.eye(a.shape[0]), grads[k]) for k, a in state.A.items()}
     dirs = {"kfac": ravel_pytree(opt.precondition(state, grads))[0], "foof": ravel_pytree(foof)[0], "sgd": g}
-    gd_star = float(g @ d_star)
-    res = {"lambda": lam, "cg_converged": bool(info["converged"]), "grad_norm": float(jnp.linalg.norm(g))}
+    gd_star, g2d2_star = float(g @ d_star), float(g2 @ d2_star)
+    res = {"lambda": lam, "cg_converged": ok and ok2, "grad_norm": float(jnp.linalg.norm(g)),
+           "transfer": {"ngd": efficiency(g2, fmv2, g2d2_star, d_star)}}
     for name, d in dirs.items():
-        fd = float(d @ fmv(d))
-        gd = float(g @ d)
-        res[name] = {"efficiency": gd**2 / ((fd + lam * float(d @ d)) * gd_star), "rayleigh": fd / gd,
+        res[name] = {"efficiency": efficiency(g, fmv, gd_star, d), "rayleigh": float(d @ fmv(d)) / float(g @ d),
                      "cosine": float(d @ d_star / (jnp.linalg.norm(d) * jnp.linalg.norm(d_star)))}
+        res["transfer"][name] = efficiency(g2, fmv2, g2d2_star, d)
     return res
 
 
@@ -203,8 +217,9 @@ def _probe(net, data, config, best):
     out = []
     for s in keep:
         params, state = kept[s]
-        idx = rng.choice(len(x), config["batch"], replace=False)
-        out.append({"step": s, **_directions(net, opt, params, state, x[idx], y[idx], foof_damping)})
+        idx, idx2 = (rng.choice(len(x), config["batch"], replace=False) for _ in range(2))
+        out.append({"step": s, **_directions(net, opt, params, state, (x[idx], y[idx]), (x[idx2], y[idx2]),
+                                             foof_damping)})
     return out
 
 
@@ -233,6 +248,10 @@ def _summarize(runs, final, best, probes, config):
                              + [f"{p[k]['efficiency']:.3f}" for k in ("kfac", "foof", "sgd")]
                              + [f"{p[k]['rayleigh']:.3g}" for k in ("kfac", "foof", "sgd")]
                              + [f"{p[k]['cosine']:.3f}" for k in ("kfac", "foof", "sgd")] for p in probes])
+    lines += ["", "Transfer: efficiency e₂ of the same directions in a fresh batch's damped quadratic model:", ""]
+    lines += markdown_table(["step", "exact NGD", "K-FAC", "FOOF", "SGD"],
+                            [[str(p["step"])] + [f"{p['transfer'][k]:.3f}" for k in ("ngd", "kfac", "foof", "sgd")]
+                             for p in probes])
     bests = {m: next(r for r in rows if r["method"] == m and r["best"]) for m in best}
     verdicts = {"kfac_beats_exact_ngd": bests["kfac"]["final_loss"] < bests["hf"]["final_loss"],
                 "foof_beats_kfac": bests["foof"]["final_loss"] < bests["kfac"]["final_loss"]}
