@@ -200,10 +200,10 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     lines = _table_lines(table, names, config, horizon, target)
     verdict = _verdict(table, horizon, target)
     labels = {m: METHODS.label(m) for m in names}
-    curves = {labels[m]: [np.asarray(r["test_ll"]) for r in runs[m]] for m in names}
+    curves = {labels[m]: [np.asarray(r["test_ll"])[1:] for r in runs[m]] for m in names}  # from the 1st eval on
 
     def xs(key):
-        return {labels[m]: [np.asarray(r[key], float) for r in runs[m]] for m in names}
+        return {labels[m]: [np.asarray(r[key], float)[1:] for r in runs[m]] for m in names}
 
     ylabel = f"test LL (nats, K={config['eval_k']}, {config['eval_size']} images)"
     plot = save_panels(outdir / "curves.png", [
