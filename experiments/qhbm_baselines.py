@@ -35,6 +35,7 @@ floor (QMHL: S of the evolved model), CPU seconds. One resumable cell per chain.
 
     qgeom qhbm-baselines                     # 1 seed, reduced steps (200 / 50)
     qgeom qhbm-baselines --full              # their steps (1000 / 100), 3 seeds
+    qgeom qhbm-baselines ... --completed-only   # tables of the runs finished so far
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ OURS = dict(ansatz="cx3", init_std=0.5, lr={"vanilla": 0.1, "natural": 1.0, "mir
             inner_steps=10, alpha=0.5, optimizers={"vanilla": "Adam", "natural": "SGD", "mirror": "Adam"})
 DEFAULT = dict(n=4, J=1.0, h=1.0, seeds=[0], tasks=list(TASKS), methods=list(METHODS), optimizers=list(OPTIMIZERS),
                inits=list(INITS), setting="theirs", init_steps=200, num_steps=50, betas=[0.5, 1.0833, 1.6667, 2.25],
-               real_beta=1.0, dt=1.0, time_steps=3, log_every=10)
+               real_beta=1.0, dt=1.0, time_steps=3, log_every=10, completed_only=False)
 FULL = dict(DEFAULT, seeds=[0, 1, 2], init_steps=1000, num_steps=100)
 
 
@@ -279,7 +280,7 @@ def summarize(runs: list[dict]) -> dict:
                 "fidelity": float(np.mean([p["fidelity"][-1] for p in ps])),
                 "loss_minus_target": float(np.mean(gap)),
                 "loss_floor_minus_target": float(np.mean([p["loss_floor"] - p["target_loss"] for p in ps])),
-                "D_after_10": float(np.mean([p["rel_entropy"][min(1, len(p["rel_entropy"]) - 1)] for p in ps])),
+                "D_after_first_log": float(np.mean([p["rel_entropy"][min(1, len(p["rel_entropy"]) - 1)] for p in ps])),
                 "cpu_s": float(np.mean([p["cpu_s"] for p in ps])),
                 "max_grad_norm": float(np.nanmax([np.nanmax(p["grad_norm"]) for p in ps])),
                 "max_natgrad_norm": float(np.nanmax([np.nanmax(p["natgrad_norm"]) for p in ps]))
@@ -291,16 +292,16 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def format_table(title: str, summary: dict, labels: list[str]) -> str:
+def format_table(title: str, summary: dict, labels: list[str], log_every: int) -> str:
     head = ["method / optimizer / init"]
     for lab in labels:
         head += [f"D @ {lab}"]
-    head += ["F (last point)", "D after 10 steps (later points, mean)", "CPU s (all points)", "median λ_min, λ_max of G", "median cond(G + λI)"]
+    head += ["F (last point)", f"D after {log_every} steps (later points, mean)", "CPU s (all points)", "median λ_min, λ_max of G", "median cond(G + λI)"]
     rows = []
     for name, s in summary.items():
         pts = s["points"]
         row = [name] + [f"{p['D']:.4f}±{p['D_std']:.4f}" for p in pts] + ["—"] * (len(labels) - len(pts))
-        later = [p["D_after_10"] for p in pts[1:]]
+        later = [p["D_after_first_log"] for p in pts[1:]]
         row += [f"{pts[-1]['fidelity']:.4f}", f"{np.mean(later):.4f}" if later else "—",
                 f"{sum(p['cpu_s'] for p in pts):.1f}",
                 f"{np.median([p['median_eig_min'] for p in pts]):.2g}, {np.median([p['median_eig_max'] for p in pts]):.3g}",
@@ -360,6 +361,8 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
             key = cell_key(study="qhbm-baselines", task=task, method=method, optimizer=optimizer, init=init,
                            seed=seed, settings=settings(config["setting"], method), **common)
             bar.set_postfix_str(f"{task} {method}/{optimizer}/{init} seed={seed}")
+            if config["completed_only"] and key not in cells.done:
+                continue
             runs.append(cells.run(key, lambda t=task, m=method, o=optimizer, i=init, s=seed:
                                   run_chain(config, t, m, o, i, s)))
             bar.update()
@@ -368,6 +371,8 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
     tables = []
     for task in config["tasks"]:
         task_runs = [r for r in runs if r["task"] == task]
+        if not task_runs:
+            continue
         s = summarize(task_runs)
         first = next(iter(s.values()))["points"]
         labels = [("β=" if p["family"] == "vqt" else "t=") + f"{p['label']:g}" for p in first]
@@ -375,7 +380,7 @@ def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = Tru
         title = (f"{what}, TFIM ring n={config['n']}, setting '{config['setting']}' "
                  f"({len(config['seeds'])} seeds, {config['init_steps']}/{config['num_steps']} steps)")
         plot = plot_task(task_runs, outdir / f"curves_{task}_{config['setting']}.png", title)
-        tables.append(format_table(title, s, labels))
+        tables.append(format_table(title, s, labels, config["log_every"]))
         summary["tasks"][task] = {"methods": s, "plot": str(plot), "targets": [
             {"label": p["label"], "target_loss": p["target_loss"], "loss_floor": p["loss_floor"]}
             for p in task_runs[0]["points"]]}
@@ -403,6 +408,8 @@ def _flags(parser) -> None:
     parser.add_argument("--init-steps", type=int, help="steps at the first point (theirs: 1000)")
     parser.add_argument("--num-steps", type=int, help="steps at each later point (theirs: 100)")
     parser.add_argument("--log-every", type=int, help="steps between fidelity / relative entropy / cond logs")
+    parser.add_argument("--completed-only", action="store_true", default=None,
+                        help="summarize the runs already in the checkpoint, start no new one")
 
 
 STUDY = Study("qhbm-baselines", __doc__, run_study, DEFAULT, FULL, _flags, _report)
