@@ -60,7 +60,8 @@ def _family(lattice: str, ansatz: str, J: float, h: float):
     from qgeom.quantum import hamiltonian_matrix, tfim
 
     rows, cols = parse_lattice(lattice)
-    return hamiltonian_matrix(tfim(torus_graph(rows, cols), J=J, h=h)), make_model(rows * cols, ansatz)
+    H = tfim(torus_graph(rows, cols), J=J, h=h)
+    return H, hamiltonian_matrix(H), make_model(rows * cols, ansatz)
 
 
 @functools.cache
@@ -70,12 +71,12 @@ def problem(lattice: str, beta: float, ansatz: str = "cx3", J: float = 1.0, h: f
 
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
-    H, model = _family(lattice, ansatz, J, h)
-    fid = fidelity_fn(model, gibbs_state(H, beta))
+    H, dense, model = _family(lattice, ansatz, J, h)  # the loss applies H as Pauli groups
+    fid = fidelity_fn(model, gibbs_state(dense, beta))
     family = f"vqt/tfim-torus/{lattice}/J={J:g}/h={h:g}/{ansatz}"
     return Problem(key=f"{family}/beta={beta:g}", family=family, model=model,
                    loss_fn=lambda params, b: vqt_loss(model, H, b)(params), data=jnp.asarray(float(beta)),
-                   offset=float(log_partition(H, beta)), evaluate=lambda p: {"fidelity": fid(p)})
+                   offset=float(log_partition(dense, beta)), evaluate=lambda p: {"fidelity": fid(p)})
 
 
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, stop_after=None) -> dict:
