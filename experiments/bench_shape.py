@@ -116,8 +116,9 @@ def _stepper(fn, state, repeats):
 
 
 def measure(n=1000, *, period=20, mini=16, window=32, repeats=3, methods=("shampoo", "soap", "tnt", "mbf", "mfac"),
-            seed=0) -> dict:
-    """CPU seconds of each part (``part_macs``' names) and of whole plain / refresh steps."""
+            seed=0, shampoo_blocks=()) -> dict:
+    """CPU seconds of each part (``part_macs``' names) and of whole plain / refresh steps; for each
+    size in ``shampoo_blocks``, Shampoo's whole steps with axes cut into blocks of that size."""
     import functools
 
     import jax
@@ -175,6 +176,10 @@ def measure(n=1000, *, period=20, mini=16, window=32, repeats=3, methods=("shamp
             out["shampoo"] = {"statistics": _cpu(grams, ws, repeats=repeats),
                               "precondition": _cpu(two_sided, ws, fs, repeats=repeats),
                               "refresh": _cpu(roots, fs, repeats=1), "step": plain, "refresh_step": refresh}
+        for bs in shampoo_blocks:
+            tx = transforms.shampoo(1e-3, precondition_every=repeats + 2, start_preconditioning_step=0, block_size=bs)
+            plain, refresh = timed_steps(optax_step(tx), (fresh(), tx.init(params)), repeats, 1)
+            out[f"shampoo@{bs}"] = {"step": plain, "refresh_step": refresh, "block_size": bs}
         if "soap" in methods:
             tx = transforms.soap(1e-3, weight_decay=0.0, precondition_frequency=repeats + 3)
             qr = jax.jit(lambda fs, qs, ms: [soap_refresh(f, q, m, m) for f, q, m in zip(fs, qs, ms)])
@@ -268,6 +273,13 @@ def table(meas: dict, period: int = 20) -> str:
         else:
             verdicts.append(f"{m}: 1.5× needs T ≥ {(ref - step_ms) / budget:.0f} (refresh costs "
                             f"{(ref - step_ms) / sgd_ms:.1f} SGD steps)")
+    for key, c in cpu.items():
+        if key.startswith("shampoo@"):
+            ms, ref = 1e3 * c["step"], 1e3 * c["refresh_step"]
+            macs = sum(part_macs("shampoo", shapes, n, period=period, block_size=c["block_size"]).values())
+            verdicts.append(f"shampoo, blocks of {c['block_size']}: plain step {ms:.0f} ms, refresh step {ref:.0f} ms; "
+                            f"mean at T={period}: {(ms * (period - 1) + ref) / period / sgd_ms:.2f}× SGD "
+                            f"(MAC floor {macs / sgd_macs:.2f}×)")
     if "mfac" in cpu:
         c = cpu["mfac"]
         bytes_ = meas["window"] * sum(a * b for a, b in shapes) * 4
@@ -319,6 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", default="shampoo,soap,tnt,mbf,mfac")
     p.add_argument("--out", default="results/bench_shape")
+    p.add_argument("--shampoo-blocks", default="", help="comma-separated block sizes: Shampoo's whole steps")
     p.add_argument("--table-only", action="store_true", help="re-print the tables from OUT/results.json")
     args = p.parse_args(argv)
     if args.table_only:
@@ -332,7 +345,8 @@ def main(argv=None) -> int:
     unknown = set(methods) - {"shampoo", "soap", "tnt", "mbf", "mfac"}
     if unknown:
         raise SystemExit(f"unknown methods {sorted(unknown)}")
-    meas = measure(args.batch_size, period=args.period, repeats=args.repeats, methods=methods)
+    blocks = tuple(int(b) for b in args.shampoo_blocks.split(",") if b)
+    meas = measure(args.batch_size, period=args.period, repeats=args.repeats, methods=methods, shampoo_blocks=blocks)
     shapes = [tuple(s) for s in meas["shapes"]]
     text = table(meas, args.period)
     if "shampoo" in methods:
