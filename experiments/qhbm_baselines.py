@@ -293,14 +293,14 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def format_table(title: str, summary: dict, labels: list[str], log_every: int) -> str:
-    head = ["method / optimizer / init"]
+    head = ["method / optimizer / init (seeds)"]
     for lab in labels:
         head += [f"D @ {lab}"]
     head += ["F (last point)", f"D after {log_every} steps (later points, mean)", "CPU s (all points)", "median λ_min, λ_max of G", "median cond(G + λI)"]
     rows = []
     for name, s in summary.items():
         pts = s["points"]
-        row = [name] + [f"{p['D']:.4f}±{p['D_std']:.4f}" for p in pts] + ["—"] * (len(labels) - len(pts))
+        row = [f"{name} ({s['seeds']})"] + [f"{p['D']:.4f}±{p['D_std']:.4f}" for p in pts] + ["—"] * (len(labels) - len(pts))
         later = [p["D_after_first_log"] for p in pts[1:]]
         row += [f"{pts[-1]['fidelity']:.4f}", f"{np.mean(later):.4f}" if later else "—",
                 f"{sum(p['cpu_s'] for p in pts):.1f}",
