@@ -37,12 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 from jax.flatten_util import ravel_pytree
 from tqdm import tqdm
 
 from classical.data import load_dataset
 from classical.models import mlp
+from experiments.harness.analysis import fit_power_law
 from experiments.harness.cli import Study
 from experiments.harness.cli import main as cli_main
 from experiments.harness.report import markdown_table
@@ -62,20 +62,6 @@ DEFAULT = {"num_samples": 6000, "hidden": [100, 100], "batch_sizes": [16, 64, 25
 FULL = dict(DEFAULT, batch_sizes=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096], bisect_iters=8, grid_epochs=5,
             sgd_grid=[-3.0, 1.5, 19], adam_grid=[-4.0, 0.0, 17], kfac_steps=100)
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
-
-
-def fit_power_law(x, y):
-    """Fit y ∝ x^s by least squares of log y on log x: slope s, its 95 % t confidence interval
-    (n − 2 degrees of freedom) and the prefactor. Points with y ≤ 0 or None are dropped; fewer
-    than 3 points give ``slope=None``."""
-    keep = [(a, b) for a, b in zip(x, y) if b is not None and np.isfinite(b) and b > 0]
-    if len(keep) < 3:
-        return {"slope": None, "ci95": None, "points": len(keep)}
-    lx, ly = np.log([a for a, _ in keep]), np.log([b for _, b in keep])
-    res = scipy.stats.linregress(lx, ly)
-    half = scipy.stats.t.ppf(0.975, len(keep) - 2) * res.stderr
-    return {"slope": float(res.slope), "ci95": [float(res.slope - half), float(res.slope + half)],
-            "prefactor": float(np.exp(res.intercept)), "points": len(keep)}
 
 
 def bisect_edge(unstable, lo, hi, iters, grow=4.0, max_expand=10):

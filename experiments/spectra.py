@@ -29,12 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import scipy.stats
 from jax.flatten_util import ravel_pytree
 
 from classical.data import load_dataset, load_mnist
 from classical.hessian_free import HessianFree
 from classical.models import autoencoder, mlp
+from experiments.harness.analysis import fit_power_law
 from experiments.harness.cli import Study
 from experiments.harness.cli import main as cli_main
 from experiments.harness.report import markdown_table
@@ -76,18 +76,6 @@ def _lambda_max(make, params, x, y, v0, steps):
 @partial(jax.jit, static_argnums=(0, 5, 6, 7))
 def _slq(make, params, x, y, key, dim, probes, steps):
     return slq(make(params, x, y), dim, key, probes, steps, dtype=jnp.float32)
-
-
-def _fit(bs, excess):
-    """Least-squares slope of log excess on log B with a 95 % t interval (None if < 3 points)."""
-    keep = [(b, e) for b, e in zip(bs, excess) if e is not None and e > 0]
-    if len(keep) < 3:
-        return {"slope": None, "ci95": None, "points": len(keep)}
-    lx, ly = np.log([b for b, _ in keep]), np.log([e for _, e in keep])
-    res = scipy.stats.linregress(lx, ly)
-    half = scipy.stats.t.ppf(0.975, len(keep) - 2) * res.stderr
-    return {"slope": float(res.slope), "ci95": [float(res.slope - half), float(res.slope + half)],
-            "points": len(keep)}
 
 
 def _train(net, x, y, config):
@@ -141,8 +129,8 @@ def spectra(config):
         dens["full"] = _slq(make, params, x, y, sub, dim, config["slq_probes"], config["slq_steps"])
         excess = [r["lambda_max_mean"] - float(full) for r in rows]
         out["kinds"][kind] = {"full_lambda_max": float(full), "full_residual_bound": float(full_bound),
-                              "batches": rows, "excess_fit": _fit(bs, excess),
-                              "lambda_max_fit": _fit(bs, [r["lambda_max_mean"] for r in rows]),
+                              "batches": rows, "excess_fit": fit_power_law(bs, excess),
+                              "lambda_max_fit": fit_power_law(bs, [r["lambda_max_mean"] for r in rows]),
                               "densities": {str(k): (np.asarray(n), np.asarray(w)) for k, (n, w) in dens.items()}}
     return out
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import qgeom  # noqa: F401  (enables x64)
-from experiments.batch_scaling import bisect_edge, fit_power_law
+from experiments.batch_scaling import bisect_edge
+from experiments.harness.analysis import fit_power_law
 from qgeom.spectral import slq_hyperparameters
 
 

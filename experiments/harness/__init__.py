@@ -30,7 +30,7 @@ run through these pieces; a study is a config, a registry and a ``Study`` for th
   say so in ``status``), evaluations, atomic checkpoints and exact resume.
 
 **Tuning** (``tune.tune(grid, run, score)``), **analysis** (``analysis``: ``first_below``,
-``first_reach``, ``reach_summary`` with ERT, ``floor_estimate``, ``mean_std``), **report**
+``first_reach``, ``reach_summary`` with ERT, ``floor_estimate``, ``mean_std``, ``fit_power_law``), **report**
 (``report``: ``markdown_table``, ``plot_curves``, ``save_panels``), **storage** (``store``:
 atomic writes, ``Checkpoint``, ``Cells``/``cell_key``, ``results_dir``), **CLI** (``cli``:
 ``Study``, ``main``, ``quick``). A new command is one line in ``experiments/cli.py``.

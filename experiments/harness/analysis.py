@@ -8,6 +8,7 @@ iterations a run did not reach (a stop).
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 
 # the cost columns of the quantum traces: name in the summaries → array in the trace (None: the index)
 COSTS = {"iterations": None, "grad_evals": "grad_evals", "wall_s": "time", "cpu_s": "cpu_time"}
@@ -63,3 +64,17 @@ def floor_estimate(runs: dict, curve: str = "D") -> float:
 def per_iteration(trace: dict, key: str) -> float:
     """The cumulative ``key`` at the last finite iteration divided by the iterations run."""
     return float(np.nanmax(trace[key]) / max(1, np.count_nonzero(np.isfinite(trace[key])) - 1))
+
+
+def fit_power_law(x, y):
+    """Fit y ∝ x^s by least squares of log y on log x: slope s, its 95 % t confidence interval
+    (n − 2 degrees of freedom) and the prefactor. Points with y ≤ 0 or None are dropped; fewer
+    than 3 points give ``slope=None``."""
+    keep = [(a, b) for a, b in zip(x, y) if b is not None and np.isfinite(b) and b > 0]
+    if len(keep) < 3:
+        return {"slope": None, "ci95": None, "points": len(keep)}
+    lx, ly = np.log([a for a, _ in keep]), np.log([b for _, b in keep])
+    res = scipy.stats.linregress(lx, ly)
+    half = scipy.stats.t.ppf(0.975, len(keep) - 2) * res.stderr
+    return {"slope": float(res.slope), "ci95": [float(res.slope - half), float(res.slope + half)],
+            "prefactor": float(np.exp(res.intercept)), "points": len(keep)}
