@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from experiments.classical_methods import float32_mode, make_method, single_thre
 from experiments.classical_problems import Problem
 from experiments.harness import Checkpoint, Registry, train
 from experiments.harness.analysis import first_below, mean_std
-from experiments.harness.store import atomic_write_json, atomic_write_text
+from experiments.harness.store import atomic_write_json, atomic_write_text, checkpoint_dir
 from experiments.harness.tune import tune
 
 HIST = ("step", "wall_time", "train_loss", "train_error", "test_loss", "test_error", "batch_loss")
@@ -198,11 +197,9 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
     Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
     first evaluation at or below Adam's best seed-mean training loss within ``steps``.
     """
-    out_dir = Path(out_dir)
-    if fresh:
-        shutil.rmtree(out_dir / "ckpt", ignore_errors=True)
-    c = config
-    kw = dict(batch_size=c["batch_size"], eval_every=c["eval_every"], ckpt_dir=out_dir / "ckpt", progress=progress)
+    out_dir, c = Path(out_dir), config
+    ckpt = checkpoint_dir(out_dir, "ckpt", fresh=fresh)
+    kw = dict(batch_size=c["batch_size"], eval_every=c["eval_every"], ckpt_dir=ckpt, progress=progress)
     tuning, runs, target = {}, {}, None
     for method in sorted(c["methods"], key=lambda m: m != "adam"):  # stable: Adam first, then as given
         grid = [dict(p) for p in registry[method].grid]

@@ -33,7 +33,6 @@ Writes ``results/qbvi/{summary.json,summary.md,curves.png}``.
 from __future__ import annotations
 
 import functools
-import shutil
 from pathlib import Path
 
 import jax
@@ -48,7 +47,7 @@ from experiments.harness import Cells, Checkpoint, Method, MethodSpec, Registry,
 from experiments.harness.analysis import first_below
 from experiments.harness.cli import Study
 from experiments.harness.report import fmt, markdown_table, reached_tag, save_panels
-from experiments.harness.store import atomic_write_json, atomic_write_text
+from experiments.harness.store import atomic_write_json, atomic_write_text, checkpoint_dir
 from experiments.harness.tune import tune
 
 METHODS = Registry(
@@ -282,10 +281,7 @@ def check_config(config):
 def run_study(config: dict, outdir, *, fresh: bool = False, progress: bool = True, on_step=None):
     check_config(config)
     outdir = Path(outdir)
-    ckdir = outdir / "checkpoints"
-    if fresh and ckdir.exists():
-        shutil.rmtree(ckdir)
-    ckdir.mkdir(parents=True, exist_ok=True)
+    ckdir = checkpoint_dir(outdir, fresh=fresh)
     cells = Cells(Checkpoint(ckdir / "cells.pkl"))
     names = METHODS.select(config["methods"])
     results, lines, panels, verdicts = {}, [], [], []

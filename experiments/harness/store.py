@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,15 @@ RESULTS = Path(os.environ.get("QGEOM_RESULTS", "results"))
 def results_dir(*parts: str) -> Path:
     """``results/<parts...>``, created if missing (root overridable by ``$QGEOM_RESULTS``)."""
     path = RESULTS.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_dir(outdir, name: str = "checkpoints", fresh: bool = False) -> Path:
+    """``outdir/name``, created; emptied first when ``fresh`` (a study's ``--fresh``)."""
+    path = Path(outdir) / name
+    if fresh:
+        shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
