@@ -170,3 +170,16 @@ def test_traced_flax_and_equinox_mlps_match_hand_written_network():
     wp = WithNorm().init(jax.random.PRNGKey(0), x)["params"]
     with pytest.raises(ValueError, match="unsupported layer type"):
         trace_model(lambda p, h: WithNorm().apply({"params": p}, h), wp, x)
+
+
+@pytest.mark.parametrize("kernel,strides,padding", [((3, 3), (1, 1), "SAME"), ((5, 5), (1, 1), "VALID"),
+                                                    ((2, 3), (2, 2), "SAME"), ((3, 2), (2, 1), "VALID")])
+def test_patches_from_slices_equal_lax_patches(kernel, strides, padding):
+    """The slice-built patch matrix is exactly (a permutation-free copy of) the library's."""
+    from classical.models import _patches
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 9, 8, 3)), jnp.float32)
+    ref = jax.lax.conv_general_dilated_patches(x, kernel, strides, padding, dimension_numbers=("NHWC", "OIHW", "NHWC"))
+    np.testing.assert_array_equal(_patches(x, Conv2D(4, kernel, strides, padding)), ref)
+    with pytest.raises(ValueError, match="padding"):
+        _patches(x, Conv2D(4, kernel, strides, "CIRCULAR"))
