@@ -5,7 +5,9 @@ The paper's spiked random-matrix model makes the batch Hessian's outliers grow a
 the largest stable SGD learning rate ∝ B, the largest stable Adam learning rate ∝ √B, and the
 smallest stable damping of a stochastic second-order method ∝ lr/B (at fixed lr: ∝ 1/B).
 
-On an MNIST-1D tanh MLP (40-100-100-10, from one initialization), for every batch size B:
+On a tanh MLP classifier (``problem``: ``"mnist1d-mlp"``, MNIST-1D 40-100-100-10, or
+``"mnist-mlp"``, real MNIST 784-100-100-10 on the first ``num_samples`` training images; one
+initialization), for every batch size B:
 
 * λ_max of the batch Hessian and Gauss–Newton matrix at the initialization (Lanczos, mean over
   batches) and the full-data value; the classical edge of stability 2/λ_max(H_B);
@@ -21,6 +23,7 @@ t interval), over all B and over B ≤ ``small_b`` (where the noise term should 
 
     qgeom batch-scaling            # quick: B ∈ {16, 64, 256, 1024, 4096}
     qgeom batch-scaling --full     # B = 16, 32, …, 4096, more bisection steps and epochs
+    qgeom batch-scaling --problem mnist-mlp --out results/batch_scaling_mnist
 
 Writes ``results/batch_scaling/{summary.json,summary.md,batch_scaling.png}``; finished batch
 sizes are checkpointed (``Cells``), so a killed run resumes where it stopped.
@@ -55,13 +58,27 @@ from experiments.harness.store import (
     cell_key,
 )
 
-DEFAULT = {"num_samples": 6000, "hidden": [100, 100], "batch_sizes": [16, 64, 256, 1024, 4096], "seed": 0,
-           "stability_steps": 150, "bisect_iters": 6, "grid_epochs": 3, "sgd_grid": [-3.0, 1.5, 10],
+DEFAULT = {"problem": "mnist1d-mlp", "num_samples": 6000, "hidden": [100, 100], "batch_sizes": [16, 64, 256, 1024, 4096],
+           "seed": 0, "stability_steps": 150, "bisect_iters": 6, "grid_epochs": 3, "sgd_grid": [-3.0, 1.5, 10],
            "adam_grid": [-4.0, 0.0, 9], "kfac_lr": 1.0, "kfac_steps": 60, "lanczos_steps": 30,
            "lanczos_batches": 3, "small_b": 256}
 FULL = dict(DEFAULT, batch_sizes=[16, 32, 64, 128, 256, 512, 1024, 2048, 4096], bisect_iters=8, grid_epochs=5,
             sgd_grid=[-3.0, 1.5, 19], adam_grid=[-4.0, 0.0, 17], kfac_steps=100)
 OPTIMIZERS = {"sgd": optax.sgd, "adam": optax.adam}
+PROBLEMS = ("mnist1d-mlp", "mnist-mlp")
+
+
+def load_problem(problem, num_samples):
+    """(x_train, y_train, x_test, y_test) of a classification ``problem``: MNIST-1D with
+    ``num_samples`` samples (80 % training), or real MNIST's first ``num_samples`` training
+    and first ``num_samples // 4`` test images (the same 4 : 1 ratio)."""
+    if problem == "mnist1d-mlp":
+        d = load_dataset("mnist1d", num_samples=num_samples)
+        return d.x_train, d.y_train, d.x_test, d.y_test
+    if problem == "mnist-mlp":
+        d = load_dataset("mnist")
+        return d.x_train[:num_samples], d.y_train[:num_samples], d.x_test[:num_samples // 4], d.y_test[:num_samples // 4]
+    raise ValueError(f"unknown problem {problem!r}; choose from {PROBLEMS}")
 
 
 def bisect_edge(unstable, lo, hi, iters, grow=4.0, max_expand=10):
@@ -200,14 +217,14 @@ def run(config, outdir=None, *, fresh=False, progress=False):
 
     config = {**DEFAULT, **config}
     outdir = Path(outdir or Path("results") / "batch_scaling")
-    data = load_dataset("mnist1d", num_samples=config["num_samples"])
+    data = load_problem(config["problem"], config["num_samples"])
     bs = sorted(int(b) for b in config["batch_sizes"])
-    if not bs or bs[0] < 1 or bs[-1] > len(data.x_train):
-        raise ValueError(f"batch sizes must lie in [1, {len(data.x_train)}] (the training set), got {bs}")
+    if not bs or bs[0] < 1 or bs[-1] > len(data[0]):
+        raise ValueError(f"batch sizes must lie in [1, {len(data[0])}] (the training set), got {bs}")
     cells = Cells(Checkpoint(outdir / "cells.pkl"), fresh=fresh)
     rows, cpu0 = [], time.process_time()
     with float32_mode(), single_threaded_blas():
-        arrays = tuple(jnp.asarray(a) for a in (data.x_train, data.y_train, data.x_test, data.y_test))
+        arrays = tuple(jnp.asarray(a) for a in data)
         net = mlp([arrays[0].shape[1], *config["hidden"], 10], "tanh", "categorical")
         params0 = net.init(jax.random.PRNGKey(config["seed"]))
         full = {k: float(_lambda_max(net, k, params0, arrays[0], arrays[1],
@@ -230,7 +247,7 @@ def run(config, outdir=None, *, fresh=False, progress=False):
     summary["table"] = _table(summary)
     _plot(summary, outdir / "batch_scaling.png")
     atomic_write_json(outdir / "summary.json", summary)
-    atomic_write_text(outdir / "summary.md", "# Batch-size scaling (MNIST-1D MLP)\n\n" + summary["table"] + "\n")
+    atomic_write_text(outdir / "summary.md", f"# Batch-size scaling ({config['problem']})\n\n" + summary["table"] + "\n")
     return summary
 
 
@@ -295,6 +312,8 @@ def _plot(s, path):
 
 
 def _flags(parser):
+    parser.add_argument("--problem", choices=PROBLEMS, help="MNIST-1D MLP (default) or MNIST MLP 784-100-100-10")
+    parser.add_argument("--num-samples", dest="num_samples", type=int, help="samples (MNIST: training images)")
     parser.add_argument("--batch-sizes", dest="batch_sizes", type=int, nargs="+", help="batch sizes B")
     parser.add_argument("--kfac-lr", dest="kfac_lr", type=float, help="K-FAC's fixed learning rate")
     parser.add_argument("--stability-steps", dest="stability_steps", type=int, help="steps per divergence test")
