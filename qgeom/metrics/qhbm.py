@@ -80,6 +80,16 @@ def _apply_gate(mat, pos, t):
     return jnp.moveaxis(t, tuple(range(k)), tuple(pos))
 
 
+def angle_jacobian(circuit, phi):
+    """J_gj = ∂θ_g/∂φ_j, (parameterized gates, P_φ), by reverse mode (every gate has one parameter)."""
+
+    def angles(ph):
+        return jnp.stack([jnp.asarray(op.data[0], dtype=jnp.float64) for op in circuit.operations(ph)
+                          if op.num_params == 1])
+
+    return jax.jacrev(angles)(phi).reshape(-1, jnp.size(phi))
+
+
 def _per_gate_generators(circuit, phi):
     """Per-gate generators T_g = −V_g† H_g V_g, shape (G, 2ⁿ, 2ⁿ), and J_gj = ∂θ_g/∂φ_j, or None.
 
@@ -101,11 +111,7 @@ def _per_gate_generators(circuit, phi):
     n, d = circuit.n, 2**circuit.n
     pos_of = {w: i for i, w in enumerate(circuit.wires)}
 
-    def angles(ph):
-        return jnp.stack([jnp.asarray(op.data[0], dtype=jnp.float64) for op in circuit.operations(ph)
-                          if op.num_params == 1])
-
-    jac = jax.jacrev(angles)(phi).reshape(len(gens), -1)  # (gates, P_φ)
+    jac = angle_jacobian(circuit, phi)  # (gates, P_φ)
     eye = jnp.eye(d, dtype=jnp.complex128)
     v = eye.reshape((2,) * n + (d,))
     frame, local = [None] * n, [jnp.eye(2, dtype=jnp.complex128)] * n
@@ -177,9 +183,42 @@ def circuit_bkm_matrix(gens, log_p):
     """Circuit block Σ_kl (p_k − p_l)(log p_k − log p_l) Re[(T_i)_kl (T_j)_lk] from generators."""
     p = jnp.exp(log_p)
     w = (p[:, None] - p[None, :]) * (log_p[:, None] - log_p[None, :])
-    m = gens.reshape(gens.shape[0], -1) * jnp.sqrt(jnp.maximum(w, 0.0)).reshape(-1)
-    x = jnp.concatenate([m.real, m.imag], axis=1)  # Re(M M†) = M_r M_rᵀ + M_i M_iᵀ, one real GEMM
-    return x @ x.T
+    m = gens.reshape(gens.shape[0], -1)
+    s = jnp.sqrt(jnp.maximum(w, 0.0)).reshape(-1)
+    mr, mi = m.real * s, m.imag * s  # Re(M M†) = M_r M_rᵀ + M_i M_iᵀ: two real GEMMs (no concatenated copy)
+    return mr @ mr.T + mi @ mi.T
+
+
+def exact_bkm_flops(circuit, phi):
+    """Floating-point operations of the GEMMs of ``qhbm_bkm``'s circuit block (fast path), or None.
+
+    Mirrors ``_per_gate_generators``: a (wire, run) product F₀†[F₀, F₁] is three real GEMMs
+    (2ⁿ × 2ⁿ⁻¹ × 2ⁿ⁺¹, Gauss), 6·8ⁿ flops; a multi-qubit parameterized gate's product four real
+    2ⁿ-cubed GEMMs, 8·8ⁿ; the Gram product over the G gate generators 4G²·4ⁿ. Everything else
+    (the prefix sweep, forming each T_g, the weights) is O(G·4ⁿ) memory traffic, not counted.
+    Returns a dict with the counts and ``flops``.
+    """
+    found = _gate_generators(circuit, phi)
+    if found is None:
+        return None
+    ops, gens = found
+    n, d = circuit.n, 2**circuit.n
+    pos_of = {w: i for i, w in enumerate(circuit.wires)}
+    framed, pending = [False] * n, [0] * n
+    runs = multi = 0
+    for op in ops:
+        pos = [pos_of[w] for w in op.wires.tolist()]
+        if len(pos) == 1:
+            pending[pos[0]] += op.num_params == 1
+            continue
+        for w in pos:
+            runs += bool(pending[w]) and framed[w]
+            pending[w], framed[w] = 0, True
+        multi += op.num_params == 1
+    runs += sum(bool(pending[w]) and framed[w] for w in range(n))
+    g = len(gens)
+    flops = 6 * d**3 * runs + 8 * d**3 * multi + 4 * g * g * d * d
+    return {"run_products": runs, "gate_products": multi, "generators": g, "flops": flops}
 
 
 def qhbm_bkm(model, params):

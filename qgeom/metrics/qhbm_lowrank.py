@@ -7,10 +7,11 @@ circuit block of the exact BKM metric (``qgeom.metrics.qhbm.qhbm_bkm``) is
     G_ij = Σ_kl W_kl Re[(T_i)_kl (T_j)_lk],   i.e.   vᵀGv = Σ_kl W_kl |(T_v)_kl|²,
 
 so G·v = ∇_v ½ Σ_kl W_kl |(T_v)_kl|². :func:`circuit_bkm_mv` evaluates it without forming
-any T_j or G: one tangent (``jax.linearize``) of the gate-by-gate simulation of U(φ), U†
-applied by the reversed simulation (``Circuit.apply_adjoint``), and the reverse pass of
-both — a few circuit simulations on a 2ⁿ×2ⁿ block per product, independent of the number
-of parameters P_φ.
+any T_j or G — a few circuit simulations on a 2ⁿ×2ⁿ block per product, independent of the
+number of parameters P_φ: by the frame sweeps of ``qgeom.metrics.qhbm_frames`` when every
+parameterized gate acts on one qubit, else by one tangent (``jax.linearize``) of the
+simulation of U(φ), U† applied by the reversed simulation (``Circuit.apply_adjoint``), and
+the reverse pass of both.
 
 :func:`qhbm_bkm_nystrom` feeds these products to the randomized Nyström approximation
 ``qgeom.metrics.lowrank.nystrom`` (Halko, Martinsson & Tropp 2011; Tropp et al. 2017):
@@ -30,6 +31,7 @@ import numpy as np
 from qgeom.metrics.base import BlockDiagonal, DenseMetric, check_like
 from qgeom.metrics.lowrank import nystrom
 from qgeom.metrics.qhbm import _check_qhbm_params, ebm_fisher_matrix
+from qgeom.metrics.qhbm_frames import frame_mv
 
 
 def _bkm_weights(ebm, theta):
@@ -42,15 +44,26 @@ def _bkm_weights(ebm, theta):
 def circuit_bkm_mv(model, params):
     """``mv(v) = G_φ v`` for the circuit block of the QHBM BKM metric, matrix-free.
 
-    ``v`` has the shape of ``params["phi"]``; ``mv`` is linear, jit- and vmap-able (the
-    simulation of U(φ) is linearized once, here). Equals ``qhbm_bkm(model, params)
-    .blocks["phi"].mv(v)`` up to rounding (tests/test_qhbm_lowrank.py).
+    ``v`` has the shape of ``params["phi"]``; ``mv`` is linear, jit- and vmap-able. When every
+    parameterized gate acts on one qubit it uses the frame sweeps of
+    ``qgeom.metrics.qhbm_frames.frame_mv`` (≈ 4 circuit simulations per product); otherwise
+    the simulation of U(φ) is linearized once, here, and each product is a tangent, an adjoint
+    simulation and the reverse pass of both. Equals ``qhbm_bkm(model, params)
+    .blocks["phi"].mv(v)`` up to rounding (tests/test_qhbm_lowrank.py, tests/test_qhbm_frames.py).
     """
     _check_qhbm_params(params)
     circuit, theta, phi = model.circuit, params["theta"], params["phi"]
     circuit.check_params(phi)
     model.ebm.check_params(theta)
     w = _bkm_weights(model.ebm, theta)
+    framed = frame_mv(circuit, phi, w)
+    if framed is not None:  # every parameterized gate acts on one qubit: the frame sweeps
+
+        def mv_frames(v):
+            check_like(v, phi, "v")
+            return framed(jnp.asarray(v, dtype=phi.dtype).reshape(-1)).reshape(phi.shape)
+
+        return mv_frames
     _, tangent = jax.linearize(circuit.unitary, phi)
 
     def quadratic(v):  # ½ Σ W |T_v|², T_v = i U†∂_vU (the factor i drops out of |·|²)
