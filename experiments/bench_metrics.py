@@ -22,14 +22,21 @@ RY, RZ and a CNOT ladder, the studies' ``cx3``; VQT on the TFIM ring, J = h = 1,
 side by side in one run:
 
 * ``qhbm_bkm(...).dense()`` (exact; single-qubit gates share one half-size product per wire and
-  run) against the per-gate reference, one 2ⁿ×2ⁿ product V_g†(H_g V_g) per gate (the previous
-  algorithm, kept here as ``per_gate_reference``; up to ``--reference-max-n``);
-* ``qhbm_bkm_nystrom`` of rank ``--rank`` (matrix-free products, 1 power iteration, oversample 5),
-  its error ‖G − Ĝ‖₂/‖G‖₂ against the exact block next to the optimal λ_{k+1}/‖G‖₂ (n ≤ 8);
+  run), its two phases (the per-gate generators; the weighted Gram product), and a roofline:
+  the GEMM flops of the algorithm (``exact_bkm_flops``) over this process's measured float64
+  GEMM rate at the run-product shape (2ⁿ × 2ⁿ⁻¹ × 2ⁿ⁺¹) — a lower bound on its CPU time. Against
+  the per-gate reference, one 2ⁿ×2ⁿ product V_g†(H_g V_g) per gate (the previous algorithm, kept
+  here as ``per_gate_reference``; up to ``--reference-max-n``);
+* ``qhbm_bkm_nystrom`` of rank ``--rank`` (``--power-iters``, ``--oversample``; matrix-free products
+  by the frame sweeps), next to the same Nyström with the autodiff product (``autodiff_mv``, up to
+  ``--reference-max-n``); its error ‖G − Ĝ‖₂/‖G‖₂ against the exact block next to the optimal
+  λ_{k+1}/‖G‖₂ (n ≤ 8);
 * one jitted training step — VQT loss and gradient plus the optimizer update — for Adam and for
   QPNGD (``natural_gradient``, ``refresh_every = --refresh-every``) with the exact and the Nyström
   metric; a QPNGD step is timed as the mean over ``refresh_every`` consecutive steps (one refresh).
-  Ratios to the Adam step are printed; ends with ``qpngd_over_adam_n<n>=<exact>,<nystrom>``.
+  Ratios to the Adam step are printed, and the smallest refresh period k₂ with a QPNGD step
+  ≤ 2× Adam's: a step costs s + M/k (M: the metric, from the table; s: the rest of the step,
+  from the measured mean), so k₂ = M/(2·Adam − s). Ends with ``qpngd_over_adam_n<n>=<exact>,<nystrom>``.
 
 Times are CPU seconds of this process (``time.process_time``, all threads; robust to other jobs
 sharing the machine) next to wall seconds; the 1-minute load average is printed.
@@ -38,6 +45,7 @@ sharing the machine) next to wall seconds; the 1-minute load average is printed.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import time
@@ -51,8 +59,15 @@ import optax
 import qgeom  # noqa: F401  (float64)
 from qgeom.linalg import cmatmul
 from qgeom.metrics import bkm, qhbm_bkm
-from qgeom.metrics.qhbm import _apply_gate, _gate_generators, circuit_bkm_matrix
-from qgeom.metrics.qhbm_lowrank import qhbm_bkm_nystrom
+from qgeom.metrics.lowrank import nystrom
+from qgeom.metrics.qhbm import (
+    _apply_gate,
+    _gate_generators,
+    _per_gate_generators,
+    circuit_bkm_matrix,
+    exact_bkm_flops,
+)
+from qgeom.metrics.qhbm_lowrank import _bkm_weights, qhbm_bkm_nystrom
 from qgeom.optimize.natural import natural_gradient
 from qgeom.quantum import QHBM, Parity, hardware_efficient, tfim, vqt_loss
 
@@ -193,6 +208,23 @@ def timed_cpu(fn, args, repeats=2):
     return min(cpu), min(wall), out
 
 
+def autodiff_mv(model, params):
+    """G_φ·v by autodiff (the previous product): tangent of the simulated U, U† by the reversed simulation, reverse pass."""
+    circuit, phi = model.circuit, params["phi"]
+    w = _bkm_weights(model.ebm, params["theta"])
+    _, tangent = jax.linearize(circuit.unitary, phi)
+    return jax.grad(lambda v: 0.5 * jnp.sum(w * jnp.abs(circuit.apply_adjoint(phi, tangent(v))) ** 2))
+
+
+def gemm_rate(n, repeats=3):
+    """Float64 GEMM flops per CPU second of this process at the run-product shape 2ⁿ × 2ⁿ⁻¹ × 2ⁿ⁺¹."""
+    d = 2**n
+    rng = np.random.default_rng(0)
+    a, b = jnp.asarray(rng.normal(size=(d, d // 2))), jnp.asarray(rng.normal(size=(d // 2, 2 * d)))
+    cpu, _, _ = timed_cpu(jax.jit(jnp.matmul), (a, b), repeats)
+    return 2.0 * d**3 / cpu
+
+
 def qhbm_problem(n):
     model = QHBM(Parity(n, 2), hardware_efficient(n, 3, rotations=("RY", "RZ"), entangler="CNOT"))
     return model, model.init(jax.random.PRNGKey(n)), vqt_loss(model, tfim(nx.cycle_graph(n)), 1.0)
@@ -216,46 +248,58 @@ def train_steps(loss, opt, steps):
 
 
 def qhbm_section(args):
-    """Exact structured BKM vs per-gate reference and Nyström; Adam vs amortized QPNGD steps."""
+    """Exact structured BKM (phases, roofline) vs per-gate reference and Nyström; Adam vs amortized QPNGD steps."""
+    ny = dict(power_iters=args.power_iters, oversample=args.oversample)
     print(f"\nQHBM BKM (cx3: order-2 parity EBM, 3 RY/RZ/CNOT-ladder layers), load {os.getloadavg()[0]:.1f}; "
           "times in CPU s (wall s)", flush=True)
-    print(f"{'n':>3} {'P':>4} {'exact':>15} {'per-gate ref':>15} {'ratio':>6} {'Nystrom r=' + str(args.rank):>16} "
-          f"{'err/|G|':>8} {'lam/|G|':>8}", flush=True)
+    print(f"{'n':>3} {'P':>4} {'exact':>15} {'generators':>10} {'Gram':>6} {'GFLOP':>6} {'GF/cpu-s':>8} {'bound':>6} "
+          f"{'per-gate ref':>15} {'Nystrom r=' + str(args.rank):>16} {'autodiff mv':>15} {'err/|G|':>8} {'lam/|G|':>8}",
+          flush=True)
     key, k = jax.random.PRNGKey(0), args.refresh_every
     results = {}
     for n in args.qhbm_qubits:
         model, params, loss = qhbm_problem(n)
         n_par = sum(x.size for x in jax.tree.leaves(params))
-        c_ex, w_ex, g = timed_cpu(jax.jit(lambda p, m=model: qhbm_bkm(m, p).dense()), (params,))
-        nys = jax.jit(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key).blocks["phi"].dense())
-        c_ny, w_ny, g_ny = timed_cpu(nys, (params,))
-        ref = "—"
-        ratio = ""
         n_phi = params["phi"].size
+        c_ex, w_ex, g = timed_cpu(jax.jit(lambda p, m=model: qhbm_bkm(m, p).dense()), (params,))
+        c_gen, _, gens = timed_cpu(jax.jit(lambda p, m=model: _per_gate_generators(m.circuit, p["phi"])[0]), (params,), 1)
+        log_p = jax.nn.log_softmax(-model.ebm.energies(params["theta"]))
+        c_gram, _, _ = timed_cpu(jax.jit(circuit_bkm_matrix), (gens, log_p), 1)
+        del gens
+        flops, rate = exact_bkm_flops(model.circuit, params["phi"])["flops"], gemm_rate(n)
+        nys = jax.jit(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key, **ny).blocks["phi"].dense())
+        c_ny, w_ny, g_ny = timed_cpu(nys, (params,))
+        ref = auto = "—"
         if n <= args.reference_max_n:
             c_ref, w_ref, g_ref = timed_cpu(jax.jit(lambda p, m=model: per_gate_reference(m, p)), (params,), 1)
             assert np.allclose(g_ref, g[:n_phi, :n_phi], atol=1e-9 * np.abs(g_ref).max())
-            ref, ratio = f"{c_ref:.3f} ({w_ref:.2f})", f"{c_ref / c_ex:.1f}"
+            ref = f"{c_ref:.3f} ({w_ref:.2f})"
+            c_au, w_au, g_au = timed_cpu(jax.jit(lambda p, m=model: nystrom(autodiff_mv(m, p), p["phi"], args.rank, key,
+                                                                           **ny).dense()), (params,), 1)
+            assert np.allclose(g_au, g_ny, atol=1e-9 * np.abs(g_au).max())
+            auto = f"{c_au:.3f} ({w_au:.2f})"
         err = lam = ""
         if n <= 8:
             block = np.asarray(g[:n_phi, :n_phi])
             top = np.linalg.norm(block, 2)
             err = f"{np.linalg.norm(block - np.asarray(g_ny), 2) / top:.3f}"
             lam = f"{np.linalg.eigvalsh(block)[::-1][args.rank] / top:.3f}"
-        print(f"{n:>3} {n_par:>4} {c_ex:>7.3f} ({w_ex:>5.2f}) {ref:>15} {ratio:>6} {c_ny:>8.3f} ({w_ny:>5.2f}) "
-              f"{err:>8} {lam:>8}", flush=True)
-        results[n] = dict(model=model, params=params, loss=loss)
+        print(f"{n:>3} {n_par:>4} {c_ex:>7.3f} ({w_ex:>5.2f}) {c_gen:>10.3f} {c_gram:>6.3f} {flops / 1e9:>6.1f} "
+              f"{rate / 1e9:>8.1f} {flops / rate:>6.2f} {ref:>15} {c_ny:>8.3f} ({w_ny:>5.2f}) {auto:>15} {err:>8} {lam:>8}",
+              flush=True)
+        results[n] = dict(model=model, params=params, loss=loss, metric={"exact": c_ex, "nystrom": c_ny})
 
-    print(f"\ntraining step (VQT loss + gradient + update), QPNGD refreshed every {k} steps; CPU ms (wall ms)",
+    print(f"\ntraining step (VQT loss + gradient + update), QPNGD refreshed every k = {k} steps; CPU ms (wall ms); "
+          "k2: smallest k with a step <= 2x Adam's", flush=True)
+    print(f"{'n':>3} {'Adam':>15} {'QPNGD exact':>15} {'ratio':>6} {'k2':>5} {'QPNGD Nystrom':>15} {'ratio':>6} {'k2':>5}",
           flush=True)
-    print(f"{'n':>3} {'Adam':>15} {'QPNGD exact':>15} {'ratio':>6} {'QPNGD Nystrom':>15} {'ratio':>6}", flush=True)
     summary = {}
     for n, r in results.items():
         model, params, loss = r["model"], r["params"], r["loss"]
         opts = {
             "adam": optax.adam(1e-2),
             "exact": natural_gradient(lambda p, m=model: qhbm_bkm(m, p), 0.1, refresh_every=k, shift=0.0),
-            "nystrom": natural_gradient(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key), 0.1,
+            "nystrom": natural_gradient(lambda p, m=model: qhbm_bkm_nystrom(m, p, args.rank, key, **ny), 0.1,
                                         refresh_every=k, shift=0.0),
         }
         times = {}
@@ -263,10 +307,16 @@ def qhbm_section(args):
             state = opt.init(params)
             c, w, _ = timed_cpu(train_steps(loss, opt, k), (params, state), 1)
             times[name] = (c / k, w / k)
-        (ca, wa), (ce, we), (cn, wn) = times["adam"], times["exact"], times["nystrom"]
-        summary[n] = (ce / ca, cn / ca)
-        print(f"{n:>3} {1e3 * ca:>7.1f} ({1e3 * wa:>5.0f}) {1e3 * ce:>7.1f} ({1e3 * we:>5.0f}) {ce / ca:>6.2f} "
-              f"{1e3 * cn:>7.1f} ({1e3 * wn:>5.0f}) {cn / ca:>6.2f}", flush=True)
+        ca, wa = times["adam"]
+        cells, ratios = [], []
+        for name in ("exact", "nystrom"):
+            c, w = times[name]
+            rest = c - r["metric"][name] / k
+            k2 = r["metric"][name] / (2 * ca - rest) if 2 * ca > rest else float("inf")
+            cells.append(f"{1e3 * c:>7.1f} ({1e3 * w:>5.0f}) {c / ca:>6.2f} {math.ceil(k2) if k2 < 1e9 else 'never':>5}")
+            ratios.append(c / ca)
+        summary[n] = ratios
+        print(f"{n:>3} {1e3 * ca:>7.1f} ({1e3 * wa:>5.0f}) {cells[0]} {cells[1]}", flush=True)
     for n, (e, y) in summary.items():
         print(f"qpngd_over_adam_n{n}={e:.2f},{y:.2f}", flush=True)
 
@@ -278,6 +328,8 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=600.0, help="skip a method at a size where its time, extrapolated from the previous size, exceeds this (s)")
     parser.add_argument("--qhbm-qubits", type=int, nargs="*", default=[6, 8, 9, 10], help="QHBM-structured section sizes (none: skip)")
     parser.add_argument("--rank", type=int, default=8, help="Nyström rank of the circuit block")
+    parser.add_argument("--power-iters", type=int, default=1, help="Nyström power (subspace) iterations q")
+    parser.add_argument("--oversample", type=int, default=5, help="Nyström oversampling p (rank + p test vectors)")
     parser.add_argument("--refresh-every", type=int, default=20, help="QPNGD metric refresh period k")
     parser.add_argument("--reference-max-n", type=int, default=9, help="largest n for the per-gate reference")
     args = parser.parse_args(argv)
