@@ -383,11 +383,12 @@ def _plot(runs, summary, path):
         n = min(len(r["step"]) for r in rs)
         losses = np.asarray([r["loss"][:n] for r in rs])
         label = f"{LABELS[m]} ({', '.join(f'{k} {v:g}' for k, v in hp.items())}), {len(rs)} seeds"
-        for ax, xs in ((axes[0], rs[0]["step"][:n]), (axes[1], np.mean([r["cpu"][:n] for r in rs], axis=0))):
-            line, = ax.semilogy(xs, losses.mean(0), label=label)
-            ax.fill_between(xs, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
+        cpu = np.mean([r["cpu"][:n] for r in rs], axis=0)
+        for ax, xs, a in ((axes[0], rs[0]["step"][:n], 0), (axes[1], cpu, 1)):  # log CPU axis: from the 1st eval
+            line, = ax.semilogy(xs[a:], losses.mean(0)[a:], label=label)
+            ax.fill_between(xs[a:], losses.min(0)[a:], losses.max(0)[a:], color=line.get_color(), alpha=0.2)
     axes[0].set(xlabel="step", ylabel="training loss (whole set)")
-    axes[1].set(xlabel="process CPU seconds (training)", ylabel="training loss (whole set)")
+    axes[1].set(xscale="log", xlabel="process CPU seconds (training)", ylabel="training loss (whole set)")
     fig.suptitle(f"{summary['config']['problem']}: mean over seeds, band min–max")
     for ax in axes:
         ax.legend(fontsize=7)
