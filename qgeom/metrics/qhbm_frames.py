@@ -55,14 +55,14 @@ def _frames(ops, gens, pos_of):
             points.append(idx)  # new frame: prefix = gates before idx
             members.append([])
             local = {}
-        if points:  # (stale entries on wires hit by a multi-qubit gate are never used: see above)
+        if points:  # a wire hit by a multi-qubit gate since the frame point goes stale, unused: its next
+            # parameterized gate opens a new frame (and empties ``local``) first
             local[w] = jnp.asarray(op.matrix(), dtype=jnp.complex128) @ local.get(w, jnp.eye(2, dtype=jnp.complex128))
         if op.num_params:
             lmat = local[w]
             members[-1].append((g, w, -(lmat.conj().T @ gens[g] @ lmat)))
             g += 1
     return points, members
-
 
 
 def _local_indices(n):
