@@ -180,9 +180,8 @@ def _skip_note(n, what, predicted, budget):
 def per_gate_reference(model, params):
     """Circuit BKM block by the previous algorithm: one product T_g = −V_g†(H_g V_g) per gate."""
     circuit, phi = model.circuit, params["phi"]
-    ops, gens = _gate_generators(circuit, phi)
+    ops, gens, pos_of = _gate_generators(circuit, phi)
     n, d = circuit.n, 2**circuit.n
-    pos_of = {w: i for i, w in enumerate(circuit.wires)}
     v = jnp.eye(d, dtype=jnp.complex128).reshape((2,) * n + (d,))
     prefixes, h_prefixes, it = [], [], iter(gens)
     for op in ops:

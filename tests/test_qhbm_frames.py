@@ -62,7 +62,7 @@ def test_frames_of_the_tangled_circuit():
     phi = jnp.arange(5.0)
     from qgeom.metrics.qhbm import _gate_generators
 
-    ops, gens = _gate_generators(circuit, phi)
+    ops, gens, _ = _gate_generators(circuit, phi)
     points, members = _frames(ops, gens, {w: w for w in range(3)})
     # frame at gate 2 (RY on 1, after CNOT(0,1)), RX on 0 joins; RZ on 1 follows CNOT(1,2): frame
     # at 6 (S(1) before it goes into the prefix), RY on 2 joins; RX on 0 follows CNOT(2,0): frame

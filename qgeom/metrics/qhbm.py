@@ -55,7 +55,8 @@ def ebm_fisher_matrix(ebm, theta):
 
 
 def _gate_generators(circuit, phi):
-    """Per-gate generator matrices H_g (gate = e^{iθ_g H_g}, PennyLane's ``qml.generator``) or None.
+    """(ops, per-gate generator matrices H_g (gate = e^{iθ_g H_g}, PennyLane's ``qml.generator``),
+    {wire: position in ``circuit.wires``}) or None.
 
     None when some gate has several parameters or no generator (then ``jacfwd`` is used).
     """
@@ -70,7 +71,7 @@ def _gate_generators(circuit, phi):
             except (qml.operation.GeneratorUndefinedError, NotImplementedError, TypeError, ValueError):
                 return None
             gens.append(np.asarray(qml.matrix(g, wire_order=op.wires), dtype=np.complex128))
-    return ops, gens
+    return ops, gens, {w: i for i, w in enumerate(circuit.wires)}
 
 
 def _apply_gate(mat, pos, t):
@@ -107,9 +108,8 @@ def _per_gate_generators(circuit, phi):
     found = _gate_generators(circuit, phi)
     if found is None:
         return None
-    ops, gens = found
+    ops, gens, pos_of = found
     n, d = circuit.n, 2**circuit.n
-    pos_of = {w: i for i, w in enumerate(circuit.wires)}
 
     jac = angle_jacobian(circuit, phi)  # (gates, P_φ)
     eye = jnp.eye(d, dtype=jnp.complex128)
@@ -201,9 +201,8 @@ def exact_bkm_flops(circuit, phi):
     found = _gate_generators(circuit, phi)
     if found is None:
         return None
-    ops, gens = found
+    ops, gens, pos_of = found
     n, d = circuit.n, 2**circuit.n
-    pos_of = {w: i for i, w in enumerate(circuit.wires)}
     framed, pending = [False] * n, [0] * n
     runs = multi = 0
     for op in ops:

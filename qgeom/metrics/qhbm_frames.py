@@ -87,9 +87,8 @@ def frame_mv(circuit, phi, weights):
     found = _gate_generators(circuit, phi)
     if found is None:
         return None
-    ops, gens = found
+    ops, gens, pos_of = found
     n, d = circuit.n, 2**circuit.n
-    pos_of = {w: i for i, w in enumerate(circuit.wires)}
     framed = _frames(ops, gens, pos_of)
     if framed is None:
         return None
