@@ -181,7 +181,7 @@ def markdown_table(summary: dict, error_name="test_error") -> str:
 def settings_text(results) -> str:
     """The study's budget and tuning grids as Markdown lines."""
     lines = [f"- {results['n_train']} training images, batch {results['batch_size']}, up to {results['steps']} steps, "
-             f"{results['seeds']} seed(s); curves on {results['n_eval']} train / test images",
+             f"{results['seeds']} seed(s) from seed {results['settings'].get('first_seed', 0)}; curves on {results['n_eval']} train / test images",
              f"- tuning: every grid point {results['tune_steps']} steps on seed 0, ranked by training loss"
              + ("; non-Adam runs stop at Adam's best loss" if results["stop_at_target"] else "")]
     lines += [f"- {m}: grid {t['grid']} → {t['winner']}" for m, t in results["tuning"].items()]
@@ -194,7 +194,8 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
     middle point without tuning), train the winners on every seed, write ``results.json``,
     ``summary.md`` and ``curves.png`` to ``out_dir``; return the results dict.
 
-    Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
+    The final runs are seeds ``first_seed``, …, ``seeds`` − 1 (a later seed in its own process
+    without re-running the earlier ones; tuning stays on seed 0). Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
     first evaluation at or below Adam's best seed-mean training loss within ``steps``.
     """
     out_dir, c = Path(out_dir), config
@@ -210,14 +211,14 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
         tuning[method] = {"grid": grid, "table": table, "winner": best}
         stop = target if c["stop_at_target"] and method != "adam" else None
         runs[method] = [run(problem, registry, method, best, data, seed=s, steps=c["steps"], stop_below=stop, **kw)
-                        for s in range(c["seeds"])]
+                        for s in range(c["first_seed"], c["seeds"])]
         if method == "adam":
             target, _ = adam_target(runs["adam"], c["steps"])
         r = runs[method]
         print(f"{method}: winner {best}, final train loss {np.mean([x['train_loss'][-1] for x in r]):.4g}, "
               f"wall {np.mean([x['wall_time'][-1] for x in r]):.1f} s")
     summary = summarize(runs, horizon=c["steps"])
-    results = {"problem": problem.config, "steps": c["steps"], "seeds": c["seeds"], "batch_size": c["batch_size"],
+    results = {"problem": problem.config, "steps": c["steps"], "seeds": c["seeds"] - c["first_seed"], "batch_size": c["batch_size"],
                "tune_steps": c["tune_steps"], "n_train": len(data["train"][0]), "n_eval": len(data["eval_test"][0]),
                "stop_at_target": c["stop_at_target"], "settings": dict(c), "tuning": tuning, "summary": summary,
                "runs": runs, "table": markdown_table(summary)}
@@ -256,6 +257,7 @@ def report(results) -> list[str]:
 def flags(parser) -> None:
     """The classical studies' own flags (config keys as destinations)."""
     for name, kind, text in (("steps", int, "training steps per run"), ("seeds", int, "seeds per method"),
+                             ("first-seed", int, "run seeds first-seed, ..., seeds - 1 only"),
                              ("batch-size", int, "mini-batch size"), ("train-size", int, "training images used"),
                              ("eval-size", int, "train / test images the curves are measured on"),
                              ("eval-every", int, "steps between evaluations"),
@@ -271,6 +273,8 @@ def check_config(config: dict, registry: Registry) -> dict:
     for name in ("steps", "seeds", "batch_size", "train_size", "eval_size", "eval_every"):
         if config[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {config[name]}")
+    if not 0 <= config["first_seed"] < config["seeds"]:
+        raise ValueError(f"need 0 <= --first-seed < --seeds, got {config['first_seed']}, {config['seeds']}")
     if config["tune_steps"] < 0:
         raise ValueError(f"--tune-steps must be >= 0, got {config['tune_steps']}")
     if config["batch_size"] > config["train_size"]:

@@ -77,7 +77,7 @@ METHODS = Registry(
 )
 BASE = ["kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax"]  # the quick default (`make run`)
 
-DEFAULT = {"methods": BASE, "steps": 60, "seeds": 1, "batch_size": 100, "train_size": 5000,
+DEFAULT = {"methods": BASE, "steps": 60, "seeds": 1, "first_seed": 0, "batch_size": 100, "train_size": 5000,
            "eval_size": 1000, "eval_every": 10, "tune_steps": 0, "stop_at_target": False}
 FULL = dict(DEFAULT, methods=list(METHODS), train_size=20000, batch_size=250, steps=2000, seeds=2, tune_steps=200, eval_every=25,
             stop_at_target=True)

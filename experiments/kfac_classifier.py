@@ -80,7 +80,7 @@ METHODS = Registry(
 )
 BASE = ["kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax"]  # the quick default
 
-DEFAULT = {"methods": BASE, "models": ["mlp", "conv"], "steps": 60, "seeds": 1, "batch_size": 128,
+DEFAULT = {"methods": BASE, "models": ["mlp", "conv"], "steps": 60, "seeds": 1, "first_seed": 0, "batch_size": 128,
            "train_size": 10000, "eval_size": 2000, "eval_every": 10, "tune_steps": 0, "stop_at_target": False}
 FULL = dict(DEFAULT, methods=[m for m in METHODS if m != "kfac-puiu"], train_size=60000, eval_size=10000, batch_size=1000, steps=1000, seeds=3,
             tune_steps=200, eval_every=50)

@@ -87,7 +87,7 @@ METHODS = Registry(
     MethodSpec("mfac", "M-FAC", cf.mfac, _grid("lr", (0.3, 1.0, 3.0), num_grads=32)),
 )
 
-DEFAULT = {"methods": list(METHODS), "steps": 10, "seeds": 1, "batch_size": 1000, "train_size": 3000,
+DEFAULT = {"methods": list(METHODS), "steps": 10, "seeds": 1, "first_seed": 0, "batch_size": 1000, "train_size": 3000,
            "eval_size": 500, "eval_every": 5, "tune_steps": 0, "stop_at_target": False}
 FULL = dict(DEFAULT, train_size=60000, eval_size=10000, steps=3000, tune_steps=300, eval_every=60)
 

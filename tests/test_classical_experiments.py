@@ -14,7 +14,7 @@ from classical.data import load_digits
 from experiments import classical_methods as cm
 from experiments import classical_problems as cp
 from experiments import classical_study as cs
-from experiments.harness import MethodSpec, Registry
+from experiments.harness import MethodSpec, Registry, loop
 from experiments.harness import report as plotting
 
 # ------------------------------------------------------------------------ plotting
@@ -195,6 +195,29 @@ def test_diverging_run_is_stopped_and_reported(tiny):
     assert cs.final_loss(run) == float("inf")
 
 
+@pytest.mark.skipif(loop.memory_maps() is None, reason="counts /proc/self/maps (Linux)")
+def test_finished_runs_release_their_compiled_code(tiny, monkeypatch):
+    """Each run compiles fresh closures and XLA:CPU maps their code in pages of its own: kept,
+    the process's memory maps grow with every run (a long study died at vm.max_map_count);
+    released after a run once past ``MAP_FRACTION`` of the limit (here 0: after every run),
+    the count returns to where it was."""
+    problem, data = tiny
+
+    def growth(lrs):
+        before = loop.memory_maps()[0]
+        for lr in lrs:
+            _train(problem, "sgd", {"lr": lr}, data, seed=0, steps=2, batch_size=32, eval_every=2, progress=False)
+        return loop.memory_maps()[0] - before
+
+    monkeypatch.setattr(loop, "MAP_FRACTION", 1.0)  # never
+    growth([0.011])  # one-time compilations of the loop and the metrics
+    kept = growth([0.012, 0.013, 0.014])
+    monkeypatch.setattr(loop, "MAP_FRACTION", 0.0)  # after every run
+    growth([0.015])
+    released = growth([0.016, 0.017, 0.018])
+    assert kept >= 60 and released < kept / 4, (kept, released)
+
+
 def test_bad_arguments():
     from experiments import kfac_autoencoder
 
@@ -204,6 +227,8 @@ def test_bad_arguments():
         kfac_autoencoder.main(["--methods", "sgd,lbfgs"])
     with pytest.raises(ValueError, match="--steps"):
         kfac_autoencoder.main(["--steps", "0", "--methods", "sgd"])
+    with pytest.raises(ValueError, match="--first-seed"):
+        kfac_autoencoder.main(["--seeds", "2", "--first-seed", "2", "--methods", "sgd"])
     with pytest.raises(ValueError, match="exceeds"):
         kfac_autoencoder.main(["--batch-size", "600", "--train-size", "500", "--methods", "sgd"])
 

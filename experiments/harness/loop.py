@@ -11,7 +11,12 @@ clocks, gradient-evaluation counts, the non-finite policy) and adds what a study
 * an atomic ``Checkpoint`` saved at every evaluation: a killed run resumed gives the same
   numbers (the clocks continue from the saved values);
 * ``stop(row) → str | None`` checked at every evaluation (a target reached, a CPU budget
-  spent): the run ends there and, resumed, stays ended.
+  spent): the run ends there and, resumed, stays ended;
+* ``release_compiled()`` at the end: XLA:CPU maps every compiled program's code into pages
+  of its own, and a study's runs compile fresh closures that JAX keeps cached, so a long
+  study in one process once died at Linux's ``vm.max_map_count`` (65,530 maps) with "LLVM
+  compilation error: Cannot allocate memory". Past half that limit the caches are cleared
+  (``jax.clear_caches()``, which unmaps the code; later calls recompile).
 
 The result is a dict: per step ``loss`` (at the step's input), ``wall``, ``cpu``,
 ``grad_evals`` (cumulative after the step); ``evals`` (lists over evaluation points:
@@ -24,6 +29,7 @@ the problem's layout, numpy).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 
 import jax
@@ -33,6 +39,30 @@ import numpy as np
 from experiments.harness.methods import Method, tree_copy
 from experiments.harness.store import Checkpoint
 from qgeom.optimize.runner import run_steps
+
+MAP_FRACTION = 0.5  # release_compiled clears JAX's caches past this fraction of vm.max_map_count
+
+
+def memory_maps() -> tuple[int, int] | None:
+    """(memory maps this process holds, ``vm.max_map_count``), or None off Linux."""
+    try:
+        with open("/proc/self/maps") as fh:
+            n = sum(1 for _ in fh)
+        with open("/proc/sys/vm/max_map_count") as fh:
+            return n, int(fh.read())
+    except OSError:
+        return None
+
+
+def release_compiled(fraction: float | None = None) -> bool:
+    """Clear JAX's compiled-program caches (and collect) when this process holds more than
+    ``fraction`` (default ``MAP_FRACTION``) of ``vm.max_map_count`` memory maps; True if it did."""
+    maps = memory_maps()
+    if maps is None or maps[0] <= (MAP_FRACTION if fraction is None else fraction) * maps[1]:
+        return False
+    jax.clear_caches()
+    gc.collect()
+    return True
 
 
 def _to_device(tree):
@@ -118,4 +148,5 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
             run["t"], run["clocks"] = t, tuple(run[k][t - 1] if t else 0.0 for k in ("wall", "cpu", "grad_evals"))
             record(t, state, run["clocks"])
             save(state)
+    release_compiled()
     return {**run, "state": state, "params": jax.tree_util.tree_map(np.asarray, method.params(state))}
