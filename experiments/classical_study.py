@@ -27,6 +27,7 @@ from experiments.harness.analysis import first_below, mean_std
 from experiments.harness.store import atomic_write_json, atomic_write_text, checkpoint_dir
 from experiments.harness.tune import tune
 
+BLOWUP = 100.0  # a run whose training loss exceeds its start and 100 x its best is stopped as diverged
 HIST = ("step", "wall_time", "train_loss", "train_error", "test_loss", "test_error", "batch_loss")
 _METRICS: dict = {}
 
@@ -43,7 +44,8 @@ def run(problem: Problem, registry: Registry, method: str, hparams: dict, data, 
 
     ``data = {"train": (x, y), "eval_train": (x, y), "eval_test": (x, y)}`` (numpy float32 /
     int32). A run stops at a non-finite loss (``diverged``; a self-correcting optimizer
-    after ``MAX_BAD`` in a row) and, before ``steps``, at an evaluated training loss ≤
+    after ``MAX_BAD`` in a row), at an evaluated training loss above its start and ``BLOWUP``
+    × its best (``diverged`` too) and, before ``steps``, at an evaluated training loss ≤
     ``stop_below`` (not continued on resumption either). ``on_step(t)``: a hook after step t.
     """
     if steps < 1 or eval_every < 1:
@@ -72,7 +74,7 @@ def run(problem: Problem, registry: Registry, method: str, hparams: dict, data, 
                     checkpoint=Checkpoint(f"{ckpt_dir}/{run_id}.run.pkl") if ckpt_dir else None,
                     stop=None if stop_below is None else (lambda r: "target reached" if r["train_loss"] <= stop_below
                                                           else None),
-                    progress=progress, desc=f"{method} s{seed}", on_step=on_step)
+                    progress=progress, desc=f"{method} s{seed}", on_step=on_step, blowup=BLOWUP)
     if out["diverged"]:
         print(f"[{method} s{seed} {hparams}] {out['status']}: run stopped (diverged)")
     hist = {k: out["evals"][k] for k in HIST}

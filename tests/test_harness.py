@@ -154,3 +154,28 @@ def test_analysis_hand_values():
 def test_progress_bar_is_quiet_off_a_terminal(capsys):
     run_steps(lambda s, t: (s, {"loss": 1.0}), jnp.zeros(()), 5, progress=True)
     assert capsys.readouterr().err == ""
+
+
+def _scaled(factors):
+    """x ← factors[t] · x on a scalar; the evaluated training loss is x²."""
+    def step(state, batch, key, t):
+        return (state[0] * factors[t], None), {"loss": state[0] ** 2}
+
+    return Method(lambda p, key, batch_at: (p, None), step)
+
+
+def test_blowup_stops_a_finite_explosion_as_diverged_and_it_stays_ended(tmp_path):
+    ev = {"evaluate": lambda x, t: {"train_loss": x ** 2}}
+    # losses 1, 1/4, 1/16, 1/64, 1.5625 (= 100 x best: not above), 156.25 (above start and 100 x best)
+    factors = [0.5, 0.5, 0.5, 10.0, 10.0, 10.0, 10.0, 10.0]
+    ck = Checkpoint(tmp_path / "r.pkl")
+    run = train(_scaled(factors), jnp.float64(1.0), 8, checkpoint=ck, blowup=100, **ev)
+    assert run["diverged"] and run["status"].startswith("diverged at step 5") and run["t"] == 5
+    seen = []
+    again = train(_scaled(factors), jnp.float64(1.0), 8, checkpoint=ck, blowup=100, on_step=seen.append, **ev)
+    assert not seen and again["status"] == run["status"] and again["diverged"]
+    # 100 x its best but still below its start (1 → 1e-4 → 0.25): an optimizer's recovery, not stopped
+    calm = train(_scaled([0.01, 50.0, 1.0]), jnp.float64(1.0), 3, blowup=100, **ev)
+    assert calm["status"] == "completed" and not calm["diverged"]
+    with pytest.raises(ValueError, match="blowup"):
+        train(_scaled(factors), jnp.float64(1.0), 3, blowup=1.0, **ev)

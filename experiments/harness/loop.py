@@ -12,6 +12,9 @@ clocks, gradient-evaluation counts, the non-finite policy) and adds what a study
   numbers (the clocks continue from the saved values);
 * ``stop(row) → str | None`` checked at every evaluation (a target reached, a CPU budget
   spent): the run ends there and, resumed, stays ended;
+* with ``blowup=b``, a run whose evaluated ``train_loss`` rises above both its start and b ×
+  its best so far is stopped as ``diverged`` (an optimizer can explode while its loss stays
+  finite: SO-KLD-WRM's autoencoder loss went 201 → 131,437 unnoticed before this rule);
 * ``release_compiled()`` at the end: XLA:CPU maps every compiled program's code into pages
   of its own, and a study's runs compile fresh closures that JAX keeps cached, so a long
   study in one process once died at Linux's ``vm.max_map_count`` (65,530 maps) with "LLVM
@@ -72,7 +75,8 @@ def _to_device(tree):
 def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable | None = None,
           evaluate: Callable | None = None, eval_at: Callable[[int], bool] | None = None,
           checkpoint: Checkpoint | None = None, stop: Callable[[dict], str | None] | None = None,
-          progress: bool = False, desc: str | None = None, on_step: Callable[[int], None] | None = None) -> dict:
+          progress: bool = False, desc: str | None = None, on_step: Callable[[int], None] | None = None,
+          blowup: float | None = None) -> dict:
     """Train ``method`` from ``params0`` for ``steps`` steps (module docstring).
 
     ``batch_at(t)``: the step's data (default ``None``); ``eval_at``: default every step;
@@ -80,6 +84,8 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
+    if blowup is not None and not blowup > 1:
+        raise ValueError(f"blowup must be > 1, got {blowup}")
     key = jax.random.PRNGKey(0) if key is None else key
     batch_at = batch_at or (lambda t: None)
     eval_at = eval_at or (lambda t: True)
@@ -95,6 +101,10 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
         for k, v in row.items():
             run["evals"].setdefault(k, []).append(v)
         pending.clear()
+        seen = [v for v in run["evals"].get("train_loss", []) if np.isfinite(v)]
+        if blowup is not None and seen and 0 < min(seen) and row["train_loss"] > max(seen[0], blowup * min(seen)):
+            run["diverged"] = True
+            return f"diverged at step {t}: training loss {row['train_loss']:.4g} > {blowup:g} x its best {min(seen):.4g}"
         return stop(row) if stop is not None else None
 
     def save(st):
@@ -132,6 +142,7 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
         stopped = None
         if eval_at(t) or t == steps:
             stopped = record(t, st, info["clocks"])
+            run["status"] = stopped or run["status"]  # saved with it: a stopped run resumes stopped
             save(st)
         if on_step is not None:
             on_step(t)
