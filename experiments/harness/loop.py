@@ -142,7 +142,8 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
         stopped = None
         if eval_at(t) or t == steps:
             stopped = record(t, st, info["clocks"])
-            run["status"] = stopped or run["status"]  # saved with it: a stopped run resumes stopped
+            if run["diverged"]:  # saved with it, so it resumes stopped (a stop rule is re-checked instead)
+                run["status"] = stopped
             save(st)
         if on_step is not None:
             on_step(t)
