@@ -18,7 +18,8 @@ When named (``--methods``) and in ``--full``, the K-FAC family and the gradient-
 preconditioners (``experiments.classical_family``): ``ekfac``, ``kfac-tridiag``, ``rs-kfac``
 (adaptive like ``kfac``, damping grid with the paper's 150 in the middle), ``kld-wrm`` (fixed
 lr, momentum 0.9, damping from the paper's 150 adapted by LM — its authors' 1e-2 made the
-untuned run diverge here; their lr 0.01·(1 − 0.9) = 1e-3 is a grid point), ``tnt`` (fixed lr, momentum 0.9, inverses every 20, EMA 0.9; the middle point is the
+untuned run diverge here; their lr 0.01·(1 − 0.9) = 1e-3 is a grid point; ``kld-wrm-puiu``: the
+decay ρ = 0.33 and no momentum of Puiu's own CNN runs, same lr grid), ``tnt`` (fixed lr, momentum 0.9, inverses every 20, EMA 0.9; the middle point is the
 authors' lr 1e-4, ε 0.1 at batch 1000 in our units), ``mbf`` (fixed lr, momentum 0.9,
 damping 1, mini-blocks of 16 rows; the paper's settings were not available), ``hessian-free``
 (damping grid around the module's 1, at most 50 CG iterations per step), ``shampoo``,
@@ -65,6 +66,8 @@ METHODS = Registry(
     MethodSpec("sgd", "SGD, Sutskever", cm.sgd, _grid("lr", (3e-4, 1e-3, 3e-3, 1e-2))),
     MethodSpec("adam", "Adam", cm.adam, _grid("lr", (1e-4, 3e-4, 1e-3, 3e-3))),
     MethodSpec("kfac-jax", "kfac-jax", cm.kfac_jax, _grid("damping", DAMPINGS), requires="kfac_jax"),
+    MethodSpec("kld-wrm-puiu", "SO-KLD-WRM, Puiu's ρ 0.33, no momentum", cf.kld_wrm,
+               _grid("lr", (1e-3, 3e-3, 0.01, 0.03), ema=0.33, momentum=0.0, damping=150.0)),
     *cf.family_specs({
         "ekfac": _grid("damping", DAMPINGS), "kfac-tridiag": _grid("damping", DAMPINGS),
         "rs-kfac": _grid("damping", DAMPINGS),
