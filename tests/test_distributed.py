@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from classical import distributed as dist
 
+pytestmark = pytest.mark.xdist_group("four_devices")  # with --dist loadgroup: the 4-device script runs once
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS32, N, STEPS = float(np.finfo(np.float32).eps), 32, 4
 RTOL = STEPS * N * 35 * EPS32
@@ -119,6 +120,20 @@ FOUR_DEVICES = PROBLEM + textwrap.dedent("""
     out["comm"] = {k: {"every_step": v["every_step"], "conditional": sorted(v["conditional"].values()),
                        "ops": sorted({o["op"] for o in v["ops"]})} for k, v in out["comm"].items()}
     out["layer_shapes"] = net.layer_shapes
+    try:
+        dist.shard_step(optimizers["kfac"].step, mesh)(p0, optimizers["kfac"].init(p0), (x[:30], y[:30]))
+        out["bad_batch"] = "accepted"
+    except ValueError as err:
+        out["bad_batch"] = str(err)
+    print(json.dumps(out))
+""")
+
+
+GIBBS_FOUR_DEVICES = textwrap.dedent("""
+    import json
+    import jax, numpy as np
+    import qgeom  # float64
+    assert len(jax.devices()) == 4, jax.devices()
     # the Gibbs study (search + long runs) serially and batched over the 4 devices, the batched one
     # killed after 2 cells and resumed
     import tempfile
@@ -140,13 +155,7 @@ FOUR_DEVICES = PROBLEM + textwrap.dedent("""
                                        for m, v in prob["methods"].items()},
                            "traces": {f"{c['method']} {c['lr']:g} {c['seed']}": np.nan_to_num(c["D"], nan=-1).tolist()
                                       for c in cells}}
-    out["study"] = study
-    try:
-        dist.shard_step(optimizers["kfac"].step, mesh)(p0, optimizers["kfac"].init(p0), (x[:30], y[:30]))
-        out["bad_batch"] = "accepted"
-    except ValueError as err:
-        out["bad_batch"] = str(err)
-    print(json.dumps(out))
+    print(json.dumps(study))
 """)
 
 
@@ -206,13 +215,15 @@ def test_parallel_sweep_on_4_devices_equals_serial_loop(four_devices):
     assert np.all(ser[:, -1] < ser[:, 0])  # the runs did train
 
 
-def test_gibbs_study_batched_on_4_devices_equals_serial_study(four_devices):
+@pytest.mark.slow
+def test_gibbs_study_batched_on_4_devices_equals_serial_study():
     """``qgeom gibbs`` (n = 3, QPNGD, search + long runs, a kill and resume) batched over 4
     devices equals the serial study. Tolerance as for the sweep: (2ⁿ + P)·ε₆₄ per loss and
     gradient (P = 12), grown by at most 1 + η‖(G + μ)⁻¹‖‖∇²L‖ ≤ 11 per step (η ≤ 1; the
     damped BKM metric G + μ ⪰ I after QPNGD's shift; ‖∇²L‖ ≲ 10 as for the sweep) over T = 8
     steps, relative to max |D|."""
-    ser, par = four_devices["study"]["off"], four_devices["study"]["auto"]
+    study = _result(_run(GIBBS_FOUR_DEVICES, 4))
+    ser, par = study["off"], study["auto"]
     assert ser["parallel"]["used"] is False and par["parallel"]["used"] is True and par["parallel"]["devices"] == 4
     # per method: 3 search runs (seed 0) and the winner's seeds 0 (the same cell as its search run) and 1
     assert ser["traces"].keys() == par["traces"].keys() and len(ser["traces"]) == 3 + 1
