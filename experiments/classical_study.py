@@ -183,7 +183,8 @@ def markdown_table(summary: dict, error_name="test_error") -> str:
 def settings_text(results) -> str:
     """The study's budget and tuning grids as Markdown lines."""
     lines = [f"- {results['n_train']} training images, batch {results['batch_size']}, up to {results['steps']} steps, "
-             f"{results['seeds']} seed(s) from seed {results['settings'].get('first_seed', 0)}; curves on {results['n_eval']} train / test images",
+             f"{results['seeds']} seed(s) from seed {results['settings'].get('first_seed', 0)}; "
+             f"curves on {results['n_eval']} train / test images",
              f"- tuning: every grid point {results['tune_steps']} steps on seed 0, ranked by training loss"
              + ("; non-Adam runs stop at Adam's best loss" if results["stop_at_target"] else "")]
     lines += [f"- {m}: grid {t['grid']} → {t['winner']}" for m, t in results["tuning"].items()]
@@ -196,9 +197,10 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
     middle point without tuning), train the winners on every seed, write ``results.json``,
     ``summary.md`` and ``curves.png`` to ``out_dir``; return the results dict.
 
-    The final runs are seeds ``first_seed``, …, ``seeds`` − 1 (a later seed in its own process
-    without re-running the earlier ones; tuning stays on seed 0). Adam runs first; with ``stop_at_target`` every other method's final runs stop at the
-    first evaluation at or below Adam's best seed-mean training loss within ``steps``.
+    The final runs are seeds ``first_seed``, …, ``seeds`` − 1 (a later seed in its own
+    process without re-running the earlier ones; tuning stays on seed 0). Adam runs first;
+    with ``stop_at_target`` every other method's final runs stop at the first evaluation at
+    or below Adam's best seed-mean training loss within ``steps``.
     """
     out_dir, c = Path(out_dir), config
     ckpt = checkpoint_dir(out_dir, "ckpt", fresh=fresh)
@@ -220,7 +222,8 @@ def run_study(problem: Problem, registry: Registry, data, config: dict, out_dir,
         print(f"{method}: winner {best}, final train loss {np.mean([x['train_loss'][-1] for x in r]):.4g}, "
               f"wall {np.mean([x['wall_time'][-1] for x in r]):.1f} s")
     summary = summarize(runs, horizon=c["steps"])
-    results = {"problem": problem.config, "steps": c["steps"], "seeds": c["seeds"] - c["first_seed"], "batch_size": c["batch_size"],
+    results = {"problem": problem.config, "steps": c["steps"], "seeds": c["seeds"] - c["first_seed"],
+               "batch_size": c["batch_size"],
                "tune_steps": c["tune_steps"], "n_train": len(data["train"][0]), "n_eval": len(data["eval_test"][0]),
                "stop_at_target": c["stop_at_target"], "settings": dict(c), "tuning": tuning, "summary": summary,
                "runs": runs, "table": markdown_table(summary)}

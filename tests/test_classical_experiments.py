@@ -186,6 +186,16 @@ def test_tuning_scores_stay_at_the_tuning_step_after_the_winner_continues(tiny, 
     assert table[grid.index(best)]["final_train_loss"] == pytest.approx(longer["train_loss"][2])
 
 
+def test_first_seed_runs_only_the_later_seeds(tiny, tmp_path):
+    problem, data = tiny
+    config = {"methods": ["sgd"], "steps": 4, "seeds": 2, "first_seed": 1, "batch_size": 32, "eval_every": 2,
+              "tune_steps": 0, "stop_at_target": False}
+    res = cs.run_study(problem, REGISTRY, data, config, tmp_path, progress=False)
+    alone = _train(problem, "sgd", {"lr": 0.1}, data, seed=1, steps=4, batch_size=32, eval_every=2, progress=False)
+    assert [r["seed"] for r in res["runs"]["sgd"]] == [1] and res["seeds"] == 1
+    assert res["runs"]["sgd"][0]["train_loss"] == alone["train_loss"]
+
+
 def test_diverging_run_is_stopped_and_reported(tiny):
     problem, data = tiny
     run = _train(problem, "sgd", {"lr": 1e6}, data, seed=0, steps=20, batch_size=32, eval_every=5, progress=False)
