@@ -12,6 +12,7 @@ is κ ≤ 1 + 34/λ = 35. Over S = 4 steps: S·N·κ·ε₃₂ ≈ 5e-4 relative
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import os
@@ -28,7 +29,6 @@ from jax.sharding import Mesh
 
 from classical import distributed as dist
 
-pytestmark = pytest.mark.xdist_group("four_devices")  # with --dist loadgroup: the 4-device script runs once
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS32, N, STEPS = float(np.finfo(np.float32).eps), 32, 4
 RTOL = STEPS * N * 35 * EPS32
@@ -179,9 +179,21 @@ def _assert_close(got, ref):
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(ref[k]), rtol=0, atol=RTOL * scale, err_msg=k)
 
 
-@pytest.fixture(scope="module")
-def four_devices():
-    return _result(_run(FOUR_DEVICES, 4))
+@pytest.fixture(scope="session")
+def four_devices(tmp_path_factory, worker_id):
+    """The 4-device script's results, computed once per test session: under pytest-xdist the
+    first worker runs it and writes them beside the workers' temp dirs, the others wait on a
+    lock and read them (a module fixture ran the ≈ 36 s script once per worker, and again
+    whenever a worker interleaved another module)."""
+    if worker_id == "master":
+        return _result(_run(FOUR_DEVICES, 4))
+    shared = tmp_path_factory.getbasetemp().parent
+    path = shared / "four_devices.json"
+    with open(shared / "four_devices.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            path.write_text(json.dumps(_result(_run(FOUR_DEVICES, 4))))
+    return json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("method", ["kfac", "kfac-spread", "ekfac", "adam"])

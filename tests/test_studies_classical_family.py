@@ -44,7 +44,7 @@ def _two_steps(spec, problem, batch):
     return expect, losses, params
 
 
-@pytest.mark.parametrize("study,name", [(kc, n) for n in NEW] + [(ra, "sgd-m"), (ra, "adam")])
+@pytest.mark.parametrize("study,name", [(kc, n) for n in NEW] + [(ra, "sgd-m"), (ra, "adam"), (ka, "kld-wrm-puiu")])
 def test_new_entry_builds_and_takes_two_finite_steps(tiny, study, name):
     """Two steps of the untuned grid point on a 64-8-10 digits MLP: finite losses and parameters;
     the first reported loss is the objective at the initial parameters, evaluated independently
@@ -58,13 +58,14 @@ def test_new_entry_builds_and_takes_two_finite_steps(tiny, study, name):
 
 def test_registries_grids_and_defaults():
     """Every new method sits in both studies with the study's grid size; the quick defaults
-    keep their old method lists, ``--full`` runs everything (the classifier's but ``kfac-puiu``,
-    K-FAC at Puiu's CNN settings, which is for his model only)."""
+    keep their old method lists, ``--full`` runs everything but the Puiu-settings variants
+    (``kfac-puiu``: K-FAC at his CNN settings, for his model only; ``kld-wrm-puiu``: the
+    autoencoder's SO-KLD-WRM at his ρ and momentum, a side study)."""
     for study, size in ((ka, 4), (kc, 3)):
         assert all(name in study.METHODS for name in NEW)
         assert {len(study.METHODS[m].grid) for m in study.METHODS} == {size}
         assert study.DEFAULT["methods"] == ["kfac", "kfac-sub", "foof", "sgd", "adam", "kfac-jax"]
-        assert study.FULL["methods"] == [m for m in study.METHODS if m != "kfac-puiu"]
+        assert study.FULL["methods"] == [m for m in study.METHODS if m not in ("kfac-puiu", "kld-wrm-puiu")]
     assert list(ra.METHODS) == ["sgd-m", "adam", "kfac", "ekfac", "shampoo", "soap", "tnt", "mbf", "mfac"]
     assert {len(ra.METHODS[m].grid) for m in ra.METHODS} == {3}
     mid = {m: ra.METHODS[m].grid[1] for m in ra.METHODS}  # the authors' settings, used untuned
