@@ -57,11 +57,11 @@ def memory_maps() -> tuple[int, int] | None:
         return None
 
 
-def release_compiled(fraction: float | None = None) -> bool:
+def release_compiled() -> bool:
     """Clear JAX's compiled-program caches (and collect) when this process holds more than
-    ``fraction`` (default ``MAP_FRACTION``) of ``vm.max_map_count`` memory maps; True if it did."""
+    ``MAP_FRACTION`` of ``vm.max_map_count`` memory maps; True if it did."""
     maps = memory_maps()
-    if maps is None or maps[0] <= (MAP_FRACTION if fraction is None else fraction) * maps[1]:
+    if maps is None or maps[0] <= MAP_FRACTION * maps[1]:
         return False
     jax.clear_caches()
     gc.collect()
@@ -84,8 +84,8 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
     """
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps}")
-    if blowup is not None and not blowup > 1:
-        raise ValueError(f"blowup must be > 1, got {blowup}")
+    if blowup is not None and (not blowup > 1 or evaluate is None):
+        raise ValueError(f"blowup must be > 1 and needs an evaluate returning train_loss, got {blowup}, {evaluate}")
     key = jax.random.PRNGKey(0) if key is None else key
     batch_at = batch_at or (lambda t: None)
     eval_at = eval_at or (lambda t: True)
@@ -101,10 +101,12 @@ def train(method: Method, params0, steps: int, *, key=None, batch_at: Callable |
         for k, v in row.items():
             run["evals"].setdefault(k, []).append(v)
         pending.clear()
-        seen = [v for v in run["evals"].get("train_loss", []) if np.isfinite(v)]
-        if blowup is not None and seen and 0 < min(seen) and row["train_loss"] > max(seen[0], blowup * min(seen)):
-            run["diverged"] = True
-            return f"diverged at step {t}: training loss {row['train_loss']:.4g} > {blowup:g} x its best {min(seen):.4g}"
+        if blowup is not None:
+            seen = [v for v in run["evals"]["train_loss"] if np.isfinite(v)]
+            best = min(seen, default=0.0)
+            if best > 0 and row["train_loss"] > max(seen[0], blowup * best):
+                run["diverged"] = True
+                return f"diverged at step {t}: training loss {row['train_loss']:.4g} > {blowup:g} x its best {best:.4g}"
         return stop(row) if stop is not None else None
 
     def save(st):
